@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test of feip: unit and property tests, and the integration tests against a real
+# kube-apiserver + etcd, the real kubectl/helm and moto. Installs what the tests need first
+# (hack/install-tools.sh: the first run builds the Kubernetes binaries, 10-20 minutes).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+hack/install-tools.sh
+# Integration tests start their own control planes and moto; give them the cores they need.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
+cargo test --locked --features testenv --all-targets "$@"

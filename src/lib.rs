@@ -1,0 +1,14 @@
+//! feip keeps an AWS Elastic IP on exactly one healthy Kubernetes node and moves it when that
+//! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
+
+pub mod crd;
+
+#[cfg(feature = "testenv")]
+pub mod testenv;
+
+/// Installs the process-wide rustls crypto provider. kube and the AWS SDK would otherwise each
+/// pick a default and building a TLS client could panic; both use aws-lc-rs here.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

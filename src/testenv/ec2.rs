@@ -1,0 +1,263 @@
+//! EC2 for tests: a real moto server (shared per test binary) with a seeded world: one VPC,
+//! one subnet in each of two availability zones, and helpers that launch instances and
+//! allocate Elastic IPs for each test.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_ec2::types::{Filter, InstanceType};
+
+use super::process::{ManagedProcess, free_port, wait_for};
+use super::tools::tools;
+
+/// The region the test world lives in (the reference scenario's).
+pub const REGION: &str = "ap-northeast-1";
+/// The two availability zones of the reference scenario.
+pub const AZ_A: &str = "ap-northeast-1a";
+pub const AZ_C: &str = "ap-northeast-1c";
+
+/// A running moto server with a seeded VPC.
+pub struct Moto {
+    url: String,
+    world: World,
+    _process: ManagedProcess,
+    _dir: tempfile::TempDir,
+}
+
+/// Ids of the seeded network.
+#[derive(Clone, Debug)]
+pub struct World {
+    pub vpc_id: String,
+    pub subnet_a: String,
+    pub subnet_c: String,
+    pub image_id: String,
+}
+
+/// One launched instance and its primary network interface.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub instance_id: String,
+    pub az: String,
+    pub network_interface_id: String,
+    pub private_ip: String,
+}
+
+/// One allocated Elastic IP.
+#[derive(Clone, Debug)]
+pub struct ElasticIp {
+    pub allocation_id: String,
+    pub public_ip: String,
+}
+
+static SHARED: OnceLock<Result<Moto, String>> = OnceLock::new();
+
+impl Moto {
+    /// One moto per test binary; tests use distinct instances and addresses.
+    pub fn shared() -> anyhow::Result<&'static Moto> {
+        SHARED
+            .get_or_init(|| {
+                std::thread::spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(Moto::start())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("moto start panicked"))
+                .and_then(|r| r)
+                .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("moto failed to start: {e}"))
+    }
+
+    /// Starts a private moto server and seeds the world.
+    pub async fn start() -> anyhow::Result<Moto> {
+        let tools = tools()?;
+        let dir = super::control_plane::tempdir_on_tmpfs()?;
+        let port = free_port()?;
+        let process = ManagedProcess::start(
+            "moto_server",
+            &tools.moto_server,
+            vec![
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            dir.path().join("moto.log"),
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        let probe = format!("127.0.0.1:{port}");
+        wait_for("moto to listen", Duration::from_secs(60), || {
+            let probe = probe.clone();
+            async move {
+                Ok(tokio::net::TcpStream::connect(&probe)
+                    .await
+                    .ok()
+                    .map(|_| ()))
+            }
+        })
+        .await
+        .with_context(|| format!("moto log: {}", process.log_tail(20)))?;
+        let client = ec2_client(&url).await;
+        let world = seed(&client).await.context("seeding the moto world")?;
+        Ok(Moto {
+            url,
+            world,
+            _process: process,
+            _dir: dir,
+        })
+    }
+
+    /// moto's own URL (tests normally go through a `FaultProxy` in front of it).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Launches one instance in `az` (AZ_A or AZ_C) and returns its primary ENI.
+    pub async fn launch_instance(&self, az: &str) -> anyhow::Result<Instance> {
+        let client = ec2_client(&self.url).await;
+        let subnet = if az == AZ_C {
+            &self.world.subnet_c
+        } else {
+            &self.world.subnet_a
+        };
+        let out = client
+            .run_instances()
+            .image_id(&self.world.image_id)
+            .instance_type(InstanceType::T3Micro)
+            .subnet_id(subnet)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("RunInstances: {e:?}"))?;
+        let inst = out
+            .instances()
+            .first()
+            .context("RunInstances returned no instance")?;
+        let eni = inst
+            .network_interfaces()
+            .iter()
+            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+            .or_else(|| inst.network_interfaces().first())
+            .context("instance has no network interface")?;
+        Ok(Instance {
+            instance_id: inst.instance_id().unwrap_or_default().to_string(),
+            az: az.to_string(),
+            network_interface_id: eni.network_interface_id().unwrap_or_default().to_string(),
+            private_ip: eni.private_ip_address().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// Allocates a VPC Elastic IP.
+    pub async fn allocate_address(&self) -> anyhow::Result<ElasticIp> {
+        let client = ec2_client(&self.url).await;
+        let out = client
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("AllocateAddress: {e:?}"))?;
+        Ok(ElasticIp {
+            allocation_id: out.allocation_id().unwrap_or_default().to_string(),
+            public_ip: out.public_ip().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The network interface the address is associated with, straight from moto.
+    pub async fn association(&self, allocation_id: &str) -> anyhow::Result<Option<String>> {
+        let client = ec2_client(&self.url).await;
+        let out = client
+            .describe_addresses()
+            .allocation_ids(allocation_id)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("DescribeAddresses: {e:?}"))?;
+        Ok(out
+            .addresses()
+            .first()
+            .and_then(|a| a.network_interface_id())
+            .map(str::to_string))
+    }
+}
+
+/// An EC2 client with static test credentials for `endpoint`.
+pub async fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
+    let creds =
+        aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "feip-testenv");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(creds)
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&config)
+}
+
+fn e<E: std::fmt::Debug>(op: &'static str) -> impl FnOnce(E) -> anyhow::Error {
+    move |err| anyhow::anyhow!("{op}: {err:?}")
+}
+
+async fn seed(client: &aws_sdk_ec2::Client) -> anyhow::Result<World> {
+    let vpc = client
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .map_err(e("CreateVpc"))?;
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .context("no vpc id")?
+        .to_string();
+    let mut subnets = Vec::new();
+    for (az, cidr) in [(AZ_A, "10.0.0.0/24"), (AZ_C, "10.0.1.0/24")] {
+        let s = client
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .availability_zone(az)
+            .cidr_block(cidr)
+            .send()
+            .await
+            .map_err(e("CreateSubnet"))?;
+        subnets.push(
+            s.subnet()
+                .and_then(|s| s.subnet_id())
+                .context("no subnet id")?
+                .to_string(),
+        );
+    }
+    let images = client
+        .describe_images()
+        .filters(
+            Filter::builder()
+                .name("architecture")
+                .values("x86_64")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(e("DescribeImages"))?;
+    let image_id = images
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .next()
+        .context("moto offers no image")?
+        .to_string();
+    let subnet_c = subnets.pop().context("subnet c")?;
+    let subnet_a = subnets.pop().context("subnet a")?;
+    Ok(World {
+        vpc_id,
+        subnet_a,
+        subnet_c,
+        image_id,
+    })
+}

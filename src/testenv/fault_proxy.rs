@@ -1,0 +1,360 @@
+//! An HTTP proxy in front of moto that injects EC2-shaped faults and records every request.
+//!
+//! EC2 speaks the Query protocol: each request is a form-encoded POST whose `Action` field names
+//! the operation, so faults are programmed per action and per call. Each test starts its own
+//! proxy (cheap, in-process) in front of the shared moto, so fault rules and request logs never
+//! leak between tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A fault the proxy can inject.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// HTTP 503 with EC2's `RequestLimitExceeded` error body (throttling).
+    Throttle,
+    /// HTTP 500 with an `InternalError` body.
+    ServerError,
+    /// Forward the request after this extra delay.
+    Latency(Duration),
+    /// Drop the connection without an answer.
+    Reset,
+    /// Never answer (the client's timeout must fire).
+    Hang,
+}
+
+/// When a rule applies: an action (or any), and how many more matching calls (or forever).
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub action: Option<String>,
+    pub remaining: Option<u32>,
+    /// Skip this many matching calls before the rule starts firing.
+    pub skip: u32,
+    pub fault: Fault,
+}
+
+impl FaultRule {
+    /// `fault` on every call of `action`, until cleared.
+    pub fn always(action: &str, fault: Fault) -> Self {
+        Self {
+            action: Some(action.into()),
+            remaining: None,
+            skip: 0,
+            fault,
+        }
+    }
+    /// `fault` on the next `n` calls of `action`.
+    pub fn times(action: &str, n: u32, fault: Fault) -> Self {
+        Self {
+            action: Some(action.into()),
+            remaining: Some(n),
+            skip: 0,
+            fault,
+        }
+    }
+    /// `fault` on every call of every action, until cleared.
+    pub fn everything(fault: Fault) -> Self {
+        Self {
+            action: None,
+            remaining: None,
+            skip: 0,
+            fault,
+        }
+    }
+}
+
+/// One request as the proxy saw it.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub at: Instant,
+    pub action: String,
+    pub params: BTreeMap<String, String>,
+    /// The injected fault, if any (None = forwarded untouched).
+    pub fault: Option<Fault>,
+    /// HTTP status returned to the client (0 for reset/hang).
+    pub status: u16,
+}
+
+/// EC2's published token buckets, emulated so a client that overspends sees
+/// `RequestLimitExceeded` exactly as it would on AWS.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    pub capacity: f64,
+    pub refill_per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(capacity: f64, refill_per_sec: f64) -> Self {
+        Self {
+            capacity,
+            refill_per_sec,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Actions EC2 counts against the mutating bucket (the ones feip sends).
+pub const MUTATING_ACTIONS: &[&str] = &["AssociateAddress", "DisassociateAddress"];
+
+#[derive(Default)]
+struct State {
+    rules: Vec<FaultRule>,
+    log: Vec<RequestRecord>,
+    mutating_bucket: Option<TokenBucket>,
+    describe_addresses_bucket: Option<TokenBucket>,
+}
+
+/// A running fault proxy; stops when dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port forwarding to `upstream` (e.g. moto's URL).
+    pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let client: HttpClient<HttpConnector, Full<Bytes>> =
+            HttpClient::builder(TokioExecutor::new()).build_http();
+        let upstream: Arc<str> = upstream.trim_end_matches('/').into();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        handle(req, st.clone(), client.clone(), upstream.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// The URL clients use as their EC2 endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn inject(&self, rule: FaultRule) {
+        self.lock().rules.push(rule);
+    }
+
+    /// Removes every fault rule (the request log stays).
+    pub fn clear_faults(&self) {
+        self.lock().rules.clear();
+    }
+
+    /// Emulates EC2's per-account buckets: mutating actions burst 50 refill 5/s,
+    /// DescribeAddresses burst 100 refill 20/s. Overspending gets `RequestLimitExceeded`.
+    pub fn enable_ec2_budget(&self) {
+        let mut s = self.lock();
+        s.mutating_bucket = Some(TokenBucket::new(50.0, 5.0));
+        s.describe_addresses_bucket = Some(TokenBucket::new(100.0, 20.0));
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().log.clone()
+    }
+
+    /// Number of requests of `action` so far (faulted or not).
+    pub fn count(&self, action: &str) -> usize {
+        self.lock()
+            .log
+            .iter()
+            .filter(|r| r.action == action)
+            .count()
+    }
+
+    /// Forgets the request log.
+    pub fn clear_log(&self) {
+        self.lock().log.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type ProxyResponse = Response<Full<Bytes>>;
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+    upstream: Arc<str>,
+) -> Result<ProxyResponse, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let action = params.get("Action").cloned().unwrap_or_default();
+    let now = Instant::now();
+
+    let fault = {
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fault = pick_fault(&mut s.rules, &action);
+        if fault.is_none() {
+            let bucket = if MUTATING_ACTIONS.contains(&action.as_str()) {
+                s.mutating_bucket.as_mut()
+            } else if action == "DescribeAddresses" {
+                s.describe_addresses_bucket.as_mut()
+            } else {
+                None
+            };
+            if let Some(b) = bucket
+                && !b.take(now)
+            {
+                fault = Some(Fault::Throttle);
+            }
+        }
+        let status = match &fault {
+            Some(Fault::Throttle) => 503,
+            Some(Fault::ServerError) => 500,
+            Some(Fault::Reset | Fault::Hang) => 0,
+            Some(Fault::Latency(_)) | None => 200,
+        };
+        s.log.push(RequestRecord {
+            at: now,
+            action: action.clone(),
+            params,
+            fault: fault.clone(),
+            status,
+        });
+        fault
+    };
+
+    match fault {
+        Some(Fault::Throttle) => Ok(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        )),
+        Some(Fault::ServerError) => Ok(error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "An internal error has occurred.",
+        )),
+        Some(Fault::Reset) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        )),
+        Some(Fault::Hang) => {
+            futures::future::pending::<()>().await;
+            Err(std::io::Error::other("unreachable"))
+        }
+        Some(Fault::Latency(d)) => {
+            tokio::time::sleep(d).await;
+            forward(parts, body, &client, &upstream).await
+        }
+        None => forward(parts, body, &client, &upstream).await,
+    }
+}
+
+fn pick_fault(rules: &mut Vec<FaultRule>, action: &str) -> Option<Fault> {
+    let idx = rules
+        .iter()
+        .position(|r| r.action.as_deref().is_none_or(|a| a == action))?;
+    let rule = &mut rules[idx];
+    if rule.skip > 0 {
+        rule.skip -= 1;
+        return None;
+    }
+    let fault = rule.fault.clone();
+    if let Some(n) = rule.remaining.as_mut() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            rules.remove(idx);
+        }
+    }
+    Some(fault)
+}
+
+async fn forward(
+    parts: http::request::Parts,
+    body: Bytes,
+    client: &HttpClient<HttpConnector, Full<Bytes>>,
+    upstream: &str,
+) -> Result<ProxyResponse, std::io::Error> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: hyper::Uri = format!("{upstream}{path}")
+        .parse()
+        .map_err(std::io::Error::other)?;
+    let mut req = Request::builder().method(parts.method).uri(uri);
+    for (k, v) in &parts.headers {
+        if k != http::header::HOST {
+            req = req.header(k, v);
+        }
+    }
+    let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
+    let resp = client.request(req).await.map_err(std::io::Error::other)?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> ProxyResponse {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>feip-fault-proxy</RequestID></Response>"
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/xml;charset=UTF-8"),
+    );
+    resp
+}

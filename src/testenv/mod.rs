@@ -1,0 +1,17 @@
+//! The real-parts test environment shared by integration tests, benchmarks and the demo:
+//! a kube-apiserver + etcd control plane, moto behind a fault-injecting proxy, and simulated
+//! nodes. Built only with the `testenv` feature; none of it ships in the controller image.
+
+pub mod control_plane;
+pub mod ec2;
+pub mod fault_proxy;
+pub mod node_sim;
+pub mod process;
+pub mod tools;
+
+pub use control_plane::ControlPlane;
+pub use ec2::{AZ_A, AZ_C, ElasticIp, Instance, Moto, REGION, ec2_client};
+pub use fault_proxy::{Fault, FaultProxy, FaultRule};
+pub use node_sim::{NodeOptions, SimNode};
+pub use process::wait_for;
+pub use tools::{Tools, tools};
