@@ -1,7 +1,9 @@
 //! feip keeps an AWS Elastic IP on exactly one healthy Kubernetes node and moves it when that
 //! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
 
+pub mod aws;
 pub mod crd;
+pub mod decide;
 
 #[cfg(feature = "testenv")]
 pub mod testenv;

@@ -1,0 +1,610 @@
+//! The thin EC2 layer: one instrumented function per EC2 call, a shared client-side request
+//! budget mirroring EC2's token buckets, and tri-state error classification.
+//!
+//! Every error is either *definite* (EC2 answered and said no: the allocation does not exist,
+//! the interface is gone, ...) or *unknown* (throttling, 5xx, timeouts, transport failures).
+//! Unknown is never treated as a failure by the caller (rule 2 of the spec).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::Filter;
+use tokio::sync::Mutex;
+
+/// Outcome of one EC2 request, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Throttled,
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Throttled => "throttled",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Receives one call per EC2 request (operation, outcome, elapsed).
+pub type Observer = Arc<dyn Fn(&'static str, Outcome, Duration) + Send + Sync>;
+
+/// An EC2 error, classified.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ec2Error {
+    /// EC2 answered with a definite refusal.
+    #[error("{operation} failed: {code}: {message}")]
+    Definite {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+    /// The outcome is unknown: throttling, server error, timeout or transport failure.
+    #[error("{operation} outcome unknown: {reason}")]
+    Unknown {
+        operation: &'static str,
+        reason: String,
+        throttled: bool,
+    },
+}
+
+impl Ec2Error {
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Ec2Error::Unknown { .. })
+    }
+
+    /// The EC2 error code of a definite error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Ec2Error::Definite { code, .. } => Some(code),
+            Ec2Error::Unknown { .. } => None,
+        }
+    }
+
+    /// True when a definite error is about the target (interface, instance, private IP), so
+    /// another candidate may succeed; false when it is about the address or the account
+    /// (permissions, unknown allocation), which no other node would fix.
+    pub fn blames_target(&self) -> bool {
+        match self {
+            Ec2Error::Definite { code, .. } => {
+                !(code.starts_with("InvalidAllocationID")
+                    || code.starts_with("InvalidAddress")
+                    || code == "UnauthorizedOperation"
+                    || code == "AuthFailure"
+                    || code == "OptInRequired"
+                    || code == "Blocked")
+            }
+            Ec2Error::Unknown { .. } => false,
+        }
+    }
+}
+
+/// Codes EC2 uses for throttling.
+fn is_throttling_code(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestThrottled"
+            | "TooManyRequestsException"
+    )
+}
+
+/// Server-side codes that mean "try again", not "no".
+fn is_transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "InternalError"
+            | "InternalFailure"
+            | "ServiceUnavailable"
+            | "Unavailable"
+            | "RequestTimeout"
+            | "RequestExpired"
+    )
+}
+
+fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("Unknown").to_string();
+            let message = se.err().message().unwrap_or_default().to_string();
+            if is_throttling_code(&code) {
+                Ec2Error::Unknown {
+                    operation,
+                    reason: format!("throttled: {code}"),
+                    throttled: true,
+                }
+            } else if is_transient_code(&code) {
+                Ec2Error::Unknown {
+                    operation,
+                    reason: format!("{code}: {message}"),
+                    throttled: false,
+                }
+            } else {
+                Ec2Error::Definite {
+                    operation,
+                    code,
+                    message,
+                }
+            }
+        }
+        SdkError::TimeoutError(_) => Ec2Error::Unknown {
+            operation,
+            reason: "timed out".into(),
+            throttled: false,
+        },
+        // Transport failures, unparseable responses (moto answers some 5xx with HTML) and the
+        // like: we cannot know what EC2 did.
+        other => Ec2Error::Unknown {
+            operation,
+            reason: format!("{:?}", aws_sdk_ec2::error::DisplayErrorContext(other)),
+            throttled: false,
+        },
+    }
+}
+
+/// A token bucket that waits for tokens instead of failing.
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    refill_per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(capacity: f64, refill_per_sec: f64) -> Self {
+        Self {
+            capacity,
+            refill_per_sec,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or returns how long until one is available.
+    fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.refill_per_sec).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.refill_per_sec,
+            ))
+        }
+    }
+}
+
+/// The client-side budget shared by every EC2 call of the process, sized like EC2's
+/// per-account buckets so feip never provokes throttling on its own.
+#[derive(Debug)]
+pub struct Budget {
+    mutating: Mutex<Bucket>,
+    describe: Mutex<Bucket>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(50.0, 5.0, 100.0, 20.0)
+    }
+}
+
+impl Budget {
+    pub fn new(
+        mutating_burst: f64,
+        mutating_refill: f64,
+        describe_burst: f64,
+        describe_refill: f64,
+    ) -> Self {
+        Self {
+            mutating: Mutex::new(Bucket::new(mutating_burst, mutating_refill)),
+            describe: Mutex::new(Bucket::new(describe_burst, describe_refill)),
+        }
+    }
+
+    async fn acquire(&self, mutating: bool) {
+        let bucket = if mutating {
+            &self.mutating
+        } else {
+            &self.describe
+        };
+        loop {
+            let wait = match bucket.lock().await.try_take(Instant::now()) {
+                Ok(()) => return,
+                Err(wait) => wait,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// What EC2 says about one Elastic IP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressInfo {
+    pub allocation_id: String,
+    pub public_ip: String,
+    pub association_id: Option<String>,
+    pub network_interface_id: Option<String>,
+    pub private_ip: Option<String>,
+    pub instance_id: Option<String>,
+}
+
+/// One network interface of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub network_interface_id: String,
+    pub device_index: i32,
+    pub primary_private_ip: String,
+    pub private_ips: Vec<String>,
+}
+
+/// What EC2 says about one instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    /// pending | running | shutting-down | terminated | stopping | stopped
+    pub state: String,
+    pub vpc_id: Option<String>,
+    pub availability_zone: Option<String>,
+    pub interfaces: Vec<InterfaceInfo>,
+}
+
+impl InstanceInfo {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+
+    pub fn interface(&self, device_index: i32) -> Option<&InterfaceInfo> {
+        self.interfaces
+            .iter()
+            .find(|i| i.device_index == device_index)
+    }
+}
+
+/// Result of a batched DescribeAddresses: addresses found, keyed by allocation id and by
+/// public IP.
+#[derive(Clone, Debug, Default)]
+pub struct AddressSnapshot {
+    pub by_allocation: BTreeMap<String, AddressInfo>,
+    pub by_public_ip: BTreeMap<String, AddressInfo>,
+}
+
+impl AddressSnapshot {
+    fn insert(&mut self, a: AddressInfo) {
+        self.by_public_ip.insert(a.public_ip.clone(), a.clone());
+        self.by_allocation.insert(a.allocation_id.clone(), a);
+    }
+}
+
+/// The EC2 client feip uses.
+#[derive(Clone)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    budget: Arc<Budget>,
+    timeout: Duration,
+    observer: Option<Observer>,
+}
+
+impl Ec2 {
+    pub fn new(
+        client: aws_sdk_ec2::Client,
+        budget: Arc<Budget>,
+        timeout: Duration,
+        observer: Option<Observer>,
+    ) -> Self {
+        Self {
+            client,
+            budget,
+            timeout,
+            observer,
+        }
+    }
+
+    /// Builds the SDK client from the standard AWS environment (region, credentials chain,
+    /// `AWS_ENDPOINT_URL`), with a per-attempt timeout and one SDK-level retry: the
+    /// controller's own backoff handles longer outages.
+    pub async fn from_env(region: Option<String>, timeout: Duration) -> aws_sdk_ec2::Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(timeout)
+                    .connect_timeout(timeout.min(Duration::from_secs(3)))
+                    .build(),
+            );
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r));
+        }
+        aws_sdk_ec2::Client::new(&loader.load().await)
+    }
+
+    pub fn sdk(&self) -> &aws_sdk_ec2::Client {
+        &self.client
+    }
+
+    /// Runs one instrumented, budgeted, time-bounded EC2 request.
+    async fn call<T, F>(
+        &self,
+        operation: &'static str,
+        mutating: bool,
+        fut: F,
+    ) -> Result<T, Ec2Error>
+    where
+        F: std::future::Future<Output = Result<T, Ec2Error>>,
+    {
+        self.budget.acquire(mutating).await;
+        let started = Instant::now();
+        // The SDK has its own timeouts; this outer bound also covers its retries and backoff.
+        let result = match tokio::time::timeout(self.timeout * 3, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Ec2Error::Unknown {
+                operation,
+                reason: "timed out".into(),
+                throttled: false,
+            }),
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(Ec2Error::Unknown {
+                throttled: true, ..
+            }) => Outcome::Throttled,
+            Err(Ec2Error::Unknown { reason, .. }) if reason == "timed out" => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        };
+        if let Some(obs) = &self.observer {
+            obs(operation, outcome, started.elapsed());
+        }
+        match &result {
+            Ok(_) => tracing::debug!(
+                operation,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "ec2 call"
+            ),
+            Err(e) => tracing::warn!(operation, error = %e, "ec2 call failed"),
+        }
+        result
+    }
+
+    /// One DescribeAddresses for every address (by allocation id and by public IP). Addresses
+    /// that do not exist are simply absent from the snapshot.
+    pub async fn describe_addresses(
+        &self,
+        allocation_ids: &[String],
+        public_ips: &[String],
+    ) -> Result<AddressSnapshot, Ec2Error> {
+        let mut snapshot = AddressSnapshot::default();
+        if allocation_ids.is_empty() && public_ips.is_empty() {
+            return Ok(snapshot);
+        }
+        // One request: filtering (rather than listing ids) makes unknown ids absent instead of
+        // failing the whole batch with InvalidAllocationID.NotFound.
+        let mut req = self.client.describe_addresses();
+        if !allocation_ids.is_empty() && public_ips.is_empty() {
+            req = req.filters(
+                Filter::builder()
+                    .name("allocation-id")
+                    .set_values(Some(allocation_ids.to_vec()))
+                    .build(),
+            );
+        } else if allocation_ids.is_empty() {
+            req = req.filters(
+                Filter::builder()
+                    .name("public-ip")
+                    .set_values(Some(public_ips.to_vec()))
+                    .build(),
+            );
+        }
+        // With both kinds present, list every address of the account in one call and pick.
+        let out = self
+            .call("DescribeAddresses", false, async {
+                req.send()
+                    .await
+                    .map_err(|e| classify("DescribeAddresses", e))
+            })
+            .await?;
+        for a in out.addresses() {
+            let info = AddressInfo {
+                allocation_id: a.allocation_id().unwrap_or_default().to_string(),
+                public_ip: a.public_ip().unwrap_or_default().to_string(),
+                association_id: a.association_id().map(str::to_string),
+                network_interface_id: a.network_interface_id().map(str::to_string),
+                private_ip: a.private_ip_address().map(str::to_string),
+                instance_id: a
+                    .instance_id()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            };
+            if allocation_ids.contains(&info.allocation_id) || public_ips.contains(&info.public_ip)
+            {
+                snapshot.insert(info);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// One DescribeInstances for all ids. Unknown ids are absent from the result (EC2 fails
+    /// the whole call for a malformed or missing id, so those are retried one by one).
+    pub async fn describe_instances(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<BTreeMap<String, InstanceInfo>, Ec2Error> {
+        let mut found = BTreeMap::new();
+        if instance_ids.is_empty() {
+            return Ok(found);
+        }
+        let req = self.client.describe_instances().filters(
+            Filter::builder()
+                .name("instance-id")
+                .set_values(Some(instance_ids.to_vec()))
+                .build(),
+        );
+        let out = self
+            .call("DescribeInstances", false, async {
+                req.send()
+                    .await
+                    .map_err(|e| classify("DescribeInstances", e))
+            })
+            .await?;
+        for r in out.reservations() {
+            for i in r.instances() {
+                let mut interfaces = Vec::new();
+                for n in i.network_interfaces() {
+                    let ips: Vec<String> = n
+                        .private_ip_addresses()
+                        .iter()
+                        .filter_map(|p| p.private_ip_address().map(str::to_string))
+                        .collect();
+                    interfaces.push(InterfaceInfo {
+                        network_interface_id: n
+                            .network_interface_id()
+                            .unwrap_or_default()
+                            .to_string(),
+                        device_index: n.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+                        primary_private_ip: n.private_ip_address().unwrap_or_default().to_string(),
+                        private_ips: ips,
+                    });
+                }
+                let info = InstanceInfo {
+                    instance_id: i.instance_id().unwrap_or_default().to_string(),
+                    state: i
+                        .state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                    vpc_id: i.vpc_id().map(str::to_string),
+                    availability_zone: i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .map(str::to_string),
+                    interfaces,
+                };
+                found.insert(info.instance_id.clone(), info);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Associates the address with an interface and private IP. `AllowReassociation` is sent
+    /// explicitly: omitted, moto treats it as false, unlike AWS.
+    pub async fn associate(
+        &self,
+        allocation_id: &str,
+        network_interface_id: &str,
+        private_ip: &str,
+    ) -> Result<String, Ec2Error> {
+        let req = self
+            .client
+            .associate_address()
+            .allocation_id(allocation_id)
+            .network_interface_id(network_interface_id)
+            .private_ip_address(private_ip)
+            .allow_reassociation(true);
+        let out = self
+            .call("AssociateAddress", true, async {
+                req.send()
+                    .await
+                    .map_err(|e| classify("AssociateAddress", e))
+            })
+            .await?;
+        Ok(out.association_id().unwrap_or_default().to_string())
+    }
+
+    /// Disassociates; an association that no longer exists counts as success.
+    pub async fn disassociate(&self, association_id: &str) -> Result<(), Ec2Error> {
+        let req = self
+            .client
+            .disassociate_address()
+            .association_id(association_id);
+        match self
+            .call("DisassociateAddress", true, async {
+                req.send()
+                    .await
+                    .map_err(|e| classify("DisassociateAddress", e))
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidAssociationID.NotFound") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Parses `aws:///<az>/<instance-id>` (and the `aws://<az>/<instance-id>` variant).
+pub fn instance_id_from_provider_id(provider_id: &str) -> Option<String> {
+    let rest = provider_id.strip_prefix("aws://")?;
+    let id = rest.rsplit('/').next()?;
+    (id.starts_with("i-") && id.len() > 2).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_ids_parse() {
+        assert_eq!(
+            instance_id_from_provider_id("aws:///ap-northeast-1a/i-0123abcd").as_deref(),
+            Some("i-0123abcd")
+        );
+        assert_eq!(
+            instance_id_from_provider_id("aws://ap-northeast-1a/i-0123abcd").as_deref(),
+            Some("i-0123abcd")
+        );
+        assert_eq!(instance_id_from_provider_id("gce://p/z/n"), None);
+        assert_eq!(
+            instance_id_from_provider_id("aws:///ap-northeast-1a/"),
+            None
+        );
+    }
+
+    #[test]
+    fn bucket_refills_and_reports_wait() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(2.0, 5.0);
+        b.last = t0;
+        assert!(b.try_take(t0).is_ok());
+        assert!(b.try_take(t0).is_ok());
+        let wait = b.try_take(t0).expect_err("empty");
+        assert!(
+            wait <= Duration::from_millis(200) && wait > Duration::from_millis(150),
+            "{wait:?}"
+        );
+        assert!(b.try_take(t0 + Duration::from_millis(200)).is_ok());
+    }
+
+    #[test]
+    fn definite_errors_blame_the_target_unless_about_the_address() {
+        let e = |code: &str| Ec2Error::Definite {
+            operation: "AssociateAddress",
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(e("InvalidNetworkInterfaceID.NotFound").blames_target());
+        assert!(!e("InvalidAllocationID.NotFound").blames_target());
+        assert!(!e("UnauthorizedOperation").blames_target());
+        assert!(
+            !Ec2Error::Unknown {
+                operation: "x",
+                reason: "t".into(),
+                throttled: true
+            }
+            .blames_target()
+        );
+    }
+}
