@@ -13,25 +13,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::Filter;
 use tokio::sync::Mutex;
 
-/// Outcome of one EC2 request, for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    Throttled,
-    Error,
-    Timeout,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Throttled => "throttled",
-            Outcome::Error => "error",
-            Outcome::Timeout => "timeout",
-        }
-    }
-}
+pub use crate::telemetry::Ec2Outcome as Outcome;
 
 /// Receives one call per EC2 request (operation, outcome, elapsed).
 pub type Observer = Arc<dyn Fn(&'static str, Outcome, Duration) + Send + Sync>;
@@ -285,7 +267,8 @@ pub struct AddressSnapshot {
 }
 
 impl AddressSnapshot {
-    fn insert(&mut self, a: AddressInfo) {
+    /// Adds or replaces one address.
+    pub fn insert(&mut self, a: AddressInfo) {
         self.by_public_ip.insert(a.public_ip.clone(), a.clone());
         self.by_allocation.insert(a.allocation_id.clone(), a);
     }
@@ -319,6 +302,16 @@ impl Ec2 {
     /// `AWS_ENDPOINT_URL`), with a per-attempt timeout and one SDK-level retry: the
     /// controller's own backoff handles longer outages.
     pub async fn from_env(region: Option<String>, timeout: Duration) -> aws_sdk_ec2::Client {
+        Self::sdk_client(region, None, None, timeout).await
+    }
+
+    /// Like [`Ec2::from_env`], with an explicit endpoint and credentials (tests, moto).
+    pub async fn sdk_client(
+        region: Option<String>,
+        endpoint: Option<&str>,
+        credentials: Option<aws_sdk_ec2::config::Credentials>,
+        timeout: Duration,
+    ) -> aws_sdk_ec2::Client {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
             .timeout_config(
@@ -329,6 +322,12 @@ impl Ec2 {
             );
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r));
+        }
+        if let Some(e) = endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(c);
         }
         aws_sdk_ec2::Client::new(&loader.load().await)
     }
@@ -421,9 +420,10 @@ impl Ec2 {
             let info = AddressInfo {
                 allocation_id: a.allocation_id().unwrap_or_default().to_string(),
                 public_ip: a.public_ip().unwrap_or_default().to_string(),
-                association_id: a.association_id().map(str::to_string),
-                network_interface_id: a.network_interface_id().map(str::to_string),
-                private_ip: a.private_ip_address().map(str::to_string),
+                // moto reports an unassociated address with empty strings, AWS omits the fields.
+                association_id: non_empty(a.association_id()),
+                network_interface_id: non_empty(a.network_interface_id()),
+                private_ip: non_empty(a.private_ip_address()),
                 instance_id: a
                     .instance_id()
                     .filter(|s| !s.is_empty())
@@ -543,6 +543,10 @@ impl Ec2 {
             Err(e) => Err(e),
         }
     }
+}
+
+fn non_empty(s: Option<&str>) -> Option<String> {
+    s.filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// Parses `aws:///<az>/<instance-id>` (and the `aws://<az>/<instance-id>` variant).

@@ -2,8 +2,12 @@
 //! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
 
 pub mod aws;
+pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod health;
+pub mod leader;
+pub mod telemetry;
 
 #[cfg(feature = "testenv")]
 pub mod testenv;

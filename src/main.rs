@@ -1,4 +1,11 @@
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use feip::telemetry::LogFormat;
 
 /// feip: keeps an AWS Elastic IP on one healthy Kubernetes node.
 #[derive(Parser)]
@@ -12,12 +19,177 @@ struct Cli {
 enum Command {
     /// Print the FloatingElasticIP CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller.
+    Controller(ControllerArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.is_negative() {
+        return Err("must not be negative".into());
+    }
+    Ok(d.into())
+}
+
+#[derive(Args, Debug)]
+struct ControllerArgs {
+    /// Kubeconfig file; in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch (comma separated); all when empty.
+    #[arg(long, env = "FEIP_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Namespace of the leader election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "feip-system")]
+    leader_election_namespace: String,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "FEIP_LEADER_ELECTION_NAME",
+        default_value = "feip-controller"
+    )]
+    leader_election_name: String,
+    /// This replica's identity (defaults to the pod name, or host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "FEIP_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    #[arg(long, env = "FEIP_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    renew_deadline: Duration,
+    #[arg(long, env = "FEIP_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    retry_period: Duration,
+    /// Stop EC2 mutations this long before leadership could expire (longer than one EC2 call).
+    #[arg(long, env = "FEIP_LEADERSHIP_SAFETY_MARGIN", default_value = "5s", value_parser = parse_duration)]
+    safety_margin: Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "FEIP_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: SocketAddr,
+    #[arg(long, env = "FEIP_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// AWS region (the standard chain applies when absent; AWS_ENDPOINT_URL overrides the endpoint).
+    #[arg(long, env = "AWS_REGION")]
+    aws_region: Option<String>,
+    /// Timeout of one EC2 call attempt.
+    #[arg(long, env = "FEIP_EC2_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    ec2_timeout: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
     feip::install_crypto_provider();
     match Cli::parse().command {
         Command::Crd => print!("{}", feip::crd::crd_yaml()?),
+        Command::Controller(args) => {
+            feip::telemetry::init_logging(args.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_controller(args))?;
+        }
     }
     Ok(())
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => {
+            kube::Config::incluster().context("no --kubeconfig and not running in a cluster")?
+        }
+    };
+    let client = kube::Client::try_from(config)?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let metrics = Arc::new(feip::telemetry::Metrics::new());
+    let observer_metrics = metrics.clone();
+    let observer: feip::aws::Observer =
+        Arc::new(move |op, outcome, elapsed| observer_metrics.ec2_request(op, outcome, elapsed));
+    let sdk = feip::aws::Ec2::from_env(args.aws_region.clone(), args.ec2_timeout).await;
+    let ec2 = feip::aws::Ec2::new(
+        sdk,
+        Arc::new(feip::aws::Budget::default()),
+        args.ec2_timeout,
+        Some(observer),
+    );
+
+    let leadership = feip::leader::Leadership::new();
+    let mut leader_cfg = feip::leader::LeaderConfig::new(
+        &args.leader_election_namespace,
+        &args.leader_election_name,
+        &identity,
+    );
+    leader_cfg.lease_duration = args.lease_duration;
+    leader_cfg.renew_deadline = args.renew_deadline;
+    leader_cfg.retry_period = args.retry_period;
+    leader_cfg.safety_margin = args.safety_margin;
+
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown_signal();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    tracing::info!(%identity, namespaces = ?args.namespaces, "starting feip controller");
+    let server = tokio::spawn(feip::telemetry::serve(
+        args.health_addr,
+        metrics.clone(),
+        ready_rx,
+        stopped(&stop_tx),
+    ));
+    let elector = tokio::spawn(feip::leader::run(
+        client.clone(),
+        leader_cfg,
+        leadership.clone(),
+        stopped(&stop_tx),
+    ));
+    let settings = feip::controller::Settings {
+        namespaces: args.namespaces.clone(),
+        instance: identity.clone(),
+    };
+    let controller = feip::controller::run(
+        client,
+        ec2,
+        leadership,
+        metrics,
+        settings,
+        ready_tx,
+        stopped(&stop_tx),
+    );
+    tokio::pin!(controller);
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        r = &mut controller => { r?; }
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut controller).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+    server.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

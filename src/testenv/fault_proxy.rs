@@ -33,6 +33,8 @@ pub enum Fault {
     Reset,
     /// Never answer (the client's timeout must fire).
     Hang,
+    /// HTTP 400 with this EC2 error code: a definite refusal.
+    Definite(String),
 }
 
 /// When a rule applies: an action (or any), and how many more matching calls (or forever).
@@ -260,6 +262,7 @@ async fn handle(
         let status = match &fault {
             Some(Fault::Throttle) => 503,
             Some(Fault::ServerError) => 500,
+            Some(Fault::Definite(_)) => 400,
             Some(Fault::Reset | Fault::Hang) => 0,
             Some(Fault::Latency(_)) | None => 200,
         };
@@ -283,6 +286,11 @@ async fn handle(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             "An internal error has occurred.",
+        )),
+        Some(Fault::Definite(code)) => Ok(error_response(
+            StatusCode::BAD_REQUEST,
+            &code,
+            "Refused by the feip fault proxy.",
         )),
         Some(Fault::Reset) => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,

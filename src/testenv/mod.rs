@@ -3,6 +3,7 @@
 //! nodes. Built only with the `testenv` feature; none of it ships in the controller image.
 
 pub mod control_plane;
+pub mod controller;
 pub mod ec2;
 pub mod fault_proxy;
 pub mod node_sim;
@@ -10,6 +11,7 @@ pub mod process;
 pub mod tools;
 
 pub use control_plane::ControlPlane;
+pub use controller::{ControllerOptions, TestController};
 pub use ec2::{AZ_A, AZ_C, ElasticIp, Instance, Moto, REGION, ec2_client};
 pub use fault_proxy::{Fault, FaultProxy, FaultRule};
 pub use node_sim::{NodeOptions, SimNode};

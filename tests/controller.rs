@@ -1,0 +1,1024 @@
+//! The failover engine against the real parts: kube-apiserver + etcd, moto behind the fault
+//! proxy, simulated nodes, and the controller running in-process exactly as `feip controller`
+//! wires it. Every wait has a deadline; nothing sleeps to synchronise.
+
+use std::time::{Duration, Instant};
+
+use feip::crd::{FloatingElasticIP, FloatingElasticIPStatus};
+use feip::testenv::{
+    AZ_A, AZ_C, ControlPlane, ControllerOptions, ElasticIp, Fault, FaultProxy, FaultRule, Instance,
+    Moto, NodeOptions, SimNode, TestController, ec2_client, wait_for,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One test's world: its own namespace, nodes, instances, EIP, fault proxy and controller.
+struct Scenario {
+    ns: String,
+    client: Client,
+    moto: &'static Moto,
+    proxy: FaultProxy,
+    nodes: Vec<SimNode>,
+    instances: Vec<Instance>,
+    eip: ElasticIp,
+    controller: Option<TestController>,
+    api: Api<FloatingElasticIP>,
+}
+
+struct NodeSetup {
+    az: &'static str,
+    http_port: Option<u16>,
+}
+
+fn two_azs() -> Vec<NodeSetup> {
+    vec![
+        NodeSetup {
+            az: AZ_A,
+            http_port: None,
+        },
+        NodeSetup {
+            az: AZ_C,
+            http_port: None,
+        },
+    ]
+}
+
+impl Scenario {
+    async fn new(name: &str, nodes: Vec<NodeSetup>) -> anyhow::Result<Self> {
+        feip::install_crypto_provider();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let cp = ControlPlane::shared()?;
+        let moto = Moto::shared()?;
+        let client = cp.client().await?;
+        let ns = cp.namespace(name).await?;
+        let proxy = FaultProxy::start(moto.url()).await?;
+        let mut sims = Vec::new();
+        let mut instances = Vec::new();
+        for (i, setup) in nodes.iter().enumerate() {
+            let instance = moto.launch_instance(setup.az).await?;
+            let mut opts = NodeOptions::new(&format!("{ns}-n{i}"), setup.az, &instance.instance_id);
+            opts.heartbeat_interval = Duration::from_millis(300);
+            opts.http_port = setup.http_port;
+            sims.push(SimNode::start(client.clone(), opts).await?);
+            instances.push(instance);
+        }
+        let eip = moto.allocate_address().await?;
+        let api = Api::namespaced(client.clone(), &ns);
+        Ok(Self {
+            ns,
+            client,
+            moto,
+            proxy,
+            nodes: sims,
+            instances,
+            eip,
+            controller: None,
+            api,
+        })
+    }
+
+    async fn start_controller(&mut self, identity: &str) -> anyhow::Result<TestController> {
+        TestController::start(
+            self.client.clone(),
+            &self.proxy.url(),
+            ControllerOptions::new(identity, &self.ns),
+        )
+        .await
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let c = self.start_controller("replica-0").await?;
+        self.controller = Some(c);
+        Ok(())
+    }
+
+    fn node(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    fn eni(&self, i: usize) -> &str {
+        &self.instances[i].network_interface_id
+    }
+
+    /// A spec with fast timings: heartbeat timeout 2s, monitor 1s, no active probe.
+    fn spec(&self, extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = serde_json::json!({
+            "allocationId": self.eip.allocation_id,
+            "candidates": self.nodes.iter().map(|n| serde_json::json!({"node": n.name})).collect::<Vec<_>>(),
+            "monitor": {"interval": "1s", "timeout": "800ms"},
+            "health": {"heartbeatTimeout": "2s", "probe": {"type": "None"}},
+        });
+        merge(&mut spec, extra);
+        spec
+    }
+
+    async fn create(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let obj: FloatingElasticIP = serde_json::from_value(serde_json::json!({
+            "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
+            "metadata": {"name": name}, "spec": spec,
+        }))?;
+        self.api.create(&PostParams::default(), &obj).await?;
+        Ok(())
+    }
+
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": spec})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until moto reports the address on `eni` (None = unassociated).
+    async fn wait_association(&self, eni: Option<&str>) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let want = eni.map(str::to_string);
+        wait_for(&format!("the address on {want:?}"), WAIT, || {
+            let want = want.clone();
+            async move {
+                Ok((self.moto.association(&self.eip.allocation_id).await? == want).then_some(()))
+            }
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&FloatingElasticIPStatus) -> bool,
+    ) -> anyhow::Result<FloatingElasticIPStatus> {
+        let pred = &pred;
+        wait_for(what, WAIT, || async move {
+            let f = self.api.get(name).await?;
+            Ok(f.status.filter(|s| pred(s)))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn lease(&self, name: &str) -> anyhow::Result<Lease> {
+        Ok(Api::<Lease>::namespaced(self.client.clone(), &self.ns)
+            .get(&format!("feip-{name}"))
+            .await?)
+    }
+
+    /// Waits until the monitor has made `n` more DescribeAddresses calls (i.e. `n` more
+    /// monitor passes have observed the world).
+    async fn wait_monitor_passes(&self, n: usize) -> anyhow::Result<()> {
+        let start = self.proxy.count("DescribeAddresses");
+        wait_for(&format!("{n} monitor passes"), WAIT, || async move {
+            Ok((self.proxy.count("DescribeAddresses") >= start + n).then_some(()))
+        })
+        .await
+    }
+
+    /// Event reasons recorded for an object.
+    async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+fn holder(s: &FloatingElasticIPStatus) -> Option<&str> {
+    s.holder.as_ref().map(|h| h.node.as_str())
+}
+
+fn condition<'a>(
+    s: &'a FloatingElasticIPStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn active_on(s: &FloatingElasticIPStatus, node: &str) -> bool {
+    holder(s) == Some(node) && s.phase == Some(feip::crd::Phase::Active)
+}
+
+#[tokio::test]
+async fn reference_scenario_fails_over_on_heartbeat_loss_and_stays() -> anyhow::Result<()> {
+    let mut s = Scenario::new("ref", two_azs()).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    let st = s
+        .wait_status("web", "Active on node 0", |st| active_on(st, s.node(0)))
+        .await?;
+    assert_eq!(
+        st.address.as_ref().and_then(|a| a.public_ip.as_deref()),
+        Some(s.eip.public_ip.as_str())
+    );
+    let lease = s.lease("web").await?;
+    let spec = lease.spec.clone().unwrap_or_default();
+    assert_eq!(spec.holder_identity.as_deref(), Some(s.node(0)));
+    let epoch = spec.lease_transitions.unwrap_or(0);
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c.status.as_str()),
+        Some("True")
+    );
+
+    // A dies: its heartbeat stops.
+    s.nodes[0].stop();
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "failover recorded", |st| {
+            active_on(st, s.node(1)) && st.last_failover.is_some()
+        })
+        .await?;
+    let lf = st.last_failover.clone().expect("last failover");
+    assert_eq!(lf.from.as_deref(), Some(s.node(0)));
+    assert_eq!(lf.to, s.node(1));
+    assert_eq!(lf.reason, "HolderDead");
+    let secs: f64 = lf.duration_seconds.as_deref().unwrap_or("x").parse()?;
+    assert!(secs >= 0.0 && secs < 10.0, "failover duration {secs}");
+    assert_eq!(st.failover_count, 1);
+    let lease = s.lease("web").await?.spec.unwrap_or_default();
+    assert_eq!(lease.holder_identity.as_deref(), Some(s.node(1)));
+    assert_eq!(lease.lease_transitions.unwrap_or(0), epoch + 1);
+    let reasons = s.event_reasons("web").await?;
+    assert!(
+        reasons.iter().any(|r| r == "Failover"),
+        "events: {reasons:?}"
+    );
+    let associates = s.proxy.count("AssociateAddress");
+
+    // A returns: with failback Never the address stays on B.
+    s.nodes[0].resume().await?;
+    s.wait_monitor_passes(4).await?;
+    let f = s.api.get("web").await?;
+    assert_eq!(f.status.as_ref().and_then(holder), Some(s.node(1)));
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(1))
+    );
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        associates,
+        "no remap after A returned"
+    );
+    println!("heartbeat failover: {secs:.3}s from detection to confirmed association");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failback_immediate_returns_after_hold_down() -> anyhow::Result<()> {
+    let mut s = Scenario::new("failback", two_azs()).await?;
+    s.run().await?;
+    s.create(
+        "web",
+        s.spec(serde_json::json!({"failback": {"policy": "Immediate", "holdDown": "2s"}})),
+    )
+    .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.nodes[0].stop();
+    s.wait_association(Some(s.eni(1))).await?;
+    s.nodes[0].resume().await?;
+    let resumed = Instant::now();
+    s.wait_association(Some(s.eni(0))).await?;
+    assert!(
+        resumed.elapsed() >= Duration::from_secs(2),
+        "failback before the hold-down: {:?}",
+        resumed.elapsed()
+    );
+    let st = s
+        .wait_status("web", "failback recorded", |st| active_on(st, s.node(0)))
+        .await?;
+    assert_eq!(
+        st.last_failover.map(|l| l.reason),
+        Some("Failback".to_string())
+    );
+    assert_eq!(st.failover_count, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn drift_below_threshold_reassociates_and_at_threshold_moves() -> anyhow::Result<()> {
+    let mut s = Scenario::new(
+        "drift",
+        vec![
+            NodeSetup {
+                az: AZ_A,
+                http_port: None,
+            },
+            NodeSetup {
+                az: AZ_C,
+                http_port: None,
+            },
+        ],
+    )
+    .await?;
+    s.run().await?;
+    let ec2 = ec2_client(s.moto.url()).await;
+
+    // Threshold 3: the address is put back on the holder and one failure is counted.
+    s.create("web", s.spec(serde_json::json!({"migrationThreshold": 3})))
+        .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    let assoc = s.moto.association(&s.eip.allocation_id).await?;
+    assert!(assoc.is_some());
+    let described = ec2
+        .describe_addresses()
+        .allocation_ids(&s.eip.allocation_id)
+        .send()
+        .await?;
+    let assoc_id = described.addresses()[0]
+        .association_id()
+        .unwrap_or_default()
+        .to_string();
+    ec2.disassociate_address()
+        .association_id(&assoc_id)
+        .send()
+        .await?;
+    let st = s
+        .wait_status("web", "drift counted and repaired", |st| {
+            active_on(st, s.node(0))
+                && st
+                    .nodes
+                    .iter()
+                    .any(|n| n.node == s.node(0) && n.failure_count == 1 && !n.banned)
+        })
+        .await?;
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(0))
+    );
+    assert_eq!(st.failover_count, 0);
+    assert!(s.event_reasons("web").await?.iter().any(|r| r == "Drift"));
+
+    // Threshold 1: the next drift bans the holder and moves the address.
+    s.patch_spec("web", serde_json::json!({"migrationThreshold": 1}))
+        .await?;
+    let described = ec2
+        .describe_addresses()
+        .allocation_ids(&s.eip.allocation_id)
+        .send()
+        .await?;
+    let assoc_id = described.addresses()[0]
+        .association_id()
+        .unwrap_or_default()
+        .to_string();
+    ec2.disassociate_address()
+        .association_id(&assoc_id)
+        .send()
+        .await?;
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "moved after drift", |st| {
+            active_on(st, s.node(1)) && st.nodes.iter().any(|n| n.node == s.node(0) && n.banned)
+        })
+        .await?;
+    assert_eq!(
+        st.last_failover.map(|l| l.reason),
+        Some("Drift".to_string())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ec2_errors_during_monitoring_are_unknown_not_failure() -> anyhow::Result<()> {
+    let mut s = Scenario::new("unknown", two_azs()).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    let associates = s.proxy.count("AssociateAddress");
+
+    for fault in [Fault::Throttle, Fault::ServerError, Fault::Reset] {
+        s.proxy
+            .inject(FaultRule::always("DescribeAddresses", fault.clone()));
+        let st = s
+            .wait_status(
+                "web",
+                &format!("Degraded=Ec2Unknown under {fault:?}"),
+                |st| {
+                    condition(st, "Degraded")
+                        .is_some_and(|c| c.status == "True" && c.reason == "Ec2Unknown")
+                },
+            )
+            .await?;
+        assert_eq!(holder(&st), Some(s.node(0)), "{fault:?} moved the holder");
+        assert!(
+            st.nodes.iter().all(|n| n.failure_count == 0),
+            "{fault:?} counted a failure: {:?}",
+            st.nodes
+        );
+        s.wait_monitor_passes(2).await?;
+        s.proxy.clear_faults();
+        let st = s
+            .wait_status("web", "Degraded clears", |st| {
+                condition(st, "Degraded").is_some_and(|c| c.status == "False")
+                    && active_on(st, s.node(0))
+            })
+            .await?;
+        assert_eq!(st.failover_count, 0);
+    }
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        associates,
+        "unknown caused a remap"
+    );
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(0))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn associate_failure_bans_and_tries_next_and_reports_when_none_left() -> anyhow::Result<()> {
+    let mut s = Scenario::new("assocfail", two_azs()).await?;
+    s.run().await?;
+    // Node 0's ENI does not accept the address (a definite EC2 refusal for that target).
+    s.proxy.inject(FaultRule {
+        action: Some("AssociateAddress".into()),
+        remaining: Some(1),
+        skip: 0,
+        fault: Fault::ServerError,
+    });
+    // A 5xx is unknown: retried, not a ban. Then a definite refusal via a bad private IP.
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    let st = s
+        .wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    assert!(
+        st.nodes.iter().all(|n| n.failure_count == 0),
+        "a 5xx must not count: {:?}",
+        st.nodes
+    );
+
+    // Second address whose first candidate's private IP is not on its interface: definite.
+    let eip2 = s.moto.allocate_address().await?;
+    let spec = serde_json::json!({
+        "allocationId": eip2.allocation_id,
+        "candidates": [{"node": s.node(0), "privateIpAddress": "10.0.0.250"}, {"node": s.node(1)}],
+        "monitor": {"interval": "1s", "timeout": "800ms"},
+        "health": {"heartbeatTimeout": "2s", "probe": {"type": "None"}},
+    });
+    s.create("api", spec).await?;
+    let st = s
+        .wait_status("api", "on node 1", |st| active_on(st, s.node(1)))
+        .await?;
+    let c = condition(&st, "Ready").map(|c| c.status.clone());
+    assert_eq!(c.as_deref(), Some("True"));
+
+    // With nobody eligible, status says why and retries continue.
+    let eip3 = s.moto.allocate_address().await?;
+    let spec = serde_json::json!({
+        "allocationId": eip3.allocation_id,
+        "candidates": [{"node": format!("{}-missing", s.ns)}],
+        "monitor": {"interval": "1s"},
+        "health": {"probe": {"type": "None"}},
+    });
+    s.create("none", spec).await?;
+    let st = s
+        .wait_status("none", "NoEligibleCandidate", |st| {
+            condition(st, "Degraded").is_some_and(|c| c.reason == "NoEligibleCandidate")
+        })
+        .await?;
+    assert!(holder(&st).is_none());
+    assert!(
+        condition(&st, "Degraded").is_some_and(|c| c.message.contains("missing")),
+        "{:?}",
+        condition(&st, "Degraded")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn definite_associate_failure_bans_the_node_and_moves_on() -> anyhow::Result<()> {
+    let mut s = Scenario::new("assocban", two_azs()).await?;
+    s.run().await?;
+    // Answer AssociateAddress for node 0's ENI with a definite EC2 error.
+    s.proxy.inject(FaultRule::times(
+        "AssociateAddress",
+        1,
+        Fault::Definite("InvalidNetworkInterfaceID.NotFound".into()),
+    ));
+    s.create("web", s.spec(serde_json::json!({"failureTimeout": "3s"})))
+        .await?;
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "node 0 banned, active on 1", |st| {
+            active_on(st, s.node(1)) && st.nodes.iter().any(|n| n.node == s.node(0) && n.banned)
+        })
+        .await?;
+    let rec = st
+        .nodes
+        .iter()
+        .find(|n| n.node == s.node(0))
+        .expect("record");
+    assert!(
+        rec.last_failure_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("InvalidNetworkInterfaceID.NotFound")
+    );
+    assert!(
+        rec.banned_until.is_some(),
+        "failureTimeout gives the ban an end"
+    );
+    assert!(
+        s.event_reasons("web")
+            .await?
+            .iter()
+            .any(|r| r == "AssociateFailed")
+    );
+
+    // Failure timeout: the ban expires by itself.
+    s.wait_status("web", "ban expired", |st| {
+        st.nodes.iter().all(|n| n.node != s.node(0))
+    })
+    .await?;
+
+    // Cleanup resets counts: ban node 1 through drift... simpler: count a failure, then clean up.
+    s.patch_spec(
+        "web",
+        serde_json::json!({"failureTimeout": "0s", "migrationThreshold": 5}),
+    )
+    .await?;
+    let ec2 = ec2_client(s.moto.url()).await;
+    let described = ec2
+        .describe_addresses()
+        .allocation_ids(&s.eip.allocation_id)
+        .send()
+        .await?;
+    let assoc_id = described.addresses()[0]
+        .association_id()
+        .unwrap_or_default()
+        .to_string();
+    ec2.disassociate_address()
+        .association_id(&assoc_id)
+        .send()
+        .await?;
+    s.wait_status("web", "one drift failure on node 1", |st| {
+        st.nodes
+            .iter()
+            .any(|n| n.node == s.node(1) && n.failure_count == 1)
+    })
+    .await?;
+    s.patch_spec("web", serde_json::json!({"cleanup": {"requestId": "c1"}}))
+        .await?;
+    let st = s
+        .wait_status("web", "cleanup applied", |st| {
+            st.last_cleanup_request_id.as_deref() == Some("c1")
+        })
+        .await?;
+    assert!(
+        st.nodes.is_empty(),
+        "cleanup must reset counts: {:?}",
+        st.nodes
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn standby_cordon_pin_and_ban_move_the_address_gracefully() -> anyhow::Result<()> {
+    let mut s = Scenario::new(
+        "maint",
+        vec![
+            NodeSetup {
+                az: AZ_A,
+                http_port: None,
+            },
+            NodeSetup {
+                az: AZ_C,
+                http_port: None,
+            },
+            NodeSetup {
+                az: AZ_A,
+                http_port: None,
+            },
+        ],
+    )
+    .await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+
+    // Standby label on the holder: moves to node 1.
+    s.nodes[0]
+        .patch(serde_json::json!({"metadata": {"labels": {"feip.io/standby": "true"}}}))
+        .await?;
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "on 1", |st| active_on(st, s.node(1)))
+        .await?;
+    assert_eq!(
+        st.last_failover.map(|l| l.reason),
+        Some("HolderIneligible".to_string())
+    );
+    s.nodes[0]
+        .patch(serde_json::json!({"metadata": {"labels": {"feip.io/standby": null}}}))
+        .await?;
+
+    // Cordon the new holder: moves to the next eligible (node 0 again, list order).
+    s.nodes[1]
+        .patch(serde_json::json!({"spec": {"unschedulable": true}}))
+        .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.nodes[1]
+        .patch(serde_json::json!({"spec": {"unschedulable": null}}))
+        .await?;
+
+    // Pin to node 2 (a move that clears itself when done).
+    s.patch_spec(
+        "web",
+        serde_json::json!({"pin": {"node": s.node(2), "clearWhenDone": true}}),
+    )
+    .await?;
+    s.wait_association(Some(s.eni(2))).await?;
+    wait_for("the pin to clear itself", WAIT, || async {
+        Ok(s.api.get("web").await?.spec.pin.is_none().then_some(()))
+    })
+    .await?;
+
+    // Ban node 2 with a lifetime: moves away; ban entry stays until it expires.
+    let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600)).to_string();
+    s.patch_spec(
+        "web",
+        serde_json::json!({"bans": [{"node": s.node(2), "expiresAt": until}]}),
+    )
+    .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    let st = s
+        .wait_status("web", "on 0 after ban", |st| active_on(st, s.node(0)))
+        .await?;
+    assert_eq!(
+        st.last_failover.map(|l| l.reason),
+        Some("HolderBanned".to_string())
+    );
+    // Clear: remove bans; stickiness keeps the address where it is.
+    s.patch_spec("web", serde_json::json!({"bans": null}))
+        .await?;
+    s.wait_monitor_passes(3).await?;
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(0))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn disable_disassociates_and_unmanage_only_reports() -> anyhow::Result<()> {
+    let mut s = Scenario::new("modes", two_azs()).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+
+    s.patch_spec("web", serde_json::json!({"targetState": "Stopped"}))
+        .await?;
+    s.wait_association(None).await?;
+    let st = s
+        .wait_status("web", "Stopped", |st| {
+            st.phase == Some(feip::crd::Phase::Stopped)
+        })
+        .await?;
+    assert!(holder(&st).is_none());
+    s.patch_spec("web", serde_json::json!({"targetState": "Started"}))
+        .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+
+    // Observe-only: drift is reported, never repaired.
+    s.patch_spec("web", serde_json::json!({"management": "ObserveOnly"}))
+        .await?;
+    s.wait_status("web", "Unmanaged", |st| {
+        st.phase == Some(feip::crd::Phase::Unmanaged)
+    })
+    .await?;
+    let mutations = s.proxy.count("AssociateAddress") + s.proxy.count("DisassociateAddress");
+    let ec2 = ec2_client(s.moto.url()).await;
+    let described = ec2
+        .describe_addresses()
+        .allocation_ids(&s.eip.allocation_id)
+        .send()
+        .await?;
+    let assoc_id = described.addresses()[0]
+        .association_id()
+        .unwrap_or_default()
+        .to_string();
+    ec2.disassociate_address()
+        .association_id(&assoc_id)
+        .send()
+        .await?;
+    s.wait_status("web", "drift reported", |st| {
+        condition(st, "Degraded").is_some_and(|c| c.reason == "DriftObserved")
+    })
+    .await?;
+    s.wait_monitor_passes(3).await?;
+    assert_eq!(
+        s.proxy.count("AssociateAddress") + s.proxy.count("DisassociateAddress"),
+        mutations
+    );
+    assert_eq!(s.moto.association(&s.eip.allocation_id).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_releases_retain_keeps_and_failed_release_blocks() -> anyhow::Result<()> {
+    let mut s = Scenario::new("delete", two_azs()).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.api.delete("web", &DeleteParams::default()).await?;
+    s.wait_association(None).await?;
+    wait_for("object gone", WAIT, || async {
+        Ok(s.api.get_opt("web").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(
+        Api::<Lease>::namespaced(s.client.clone(), &s.ns)
+            .get_opt("feip-web")
+            .await?
+            .is_none(),
+        "lease goes with it"
+    );
+
+    // Retain keeps the association.
+    s.create(
+        "kept",
+        s.spec(serde_json::json!({"releasePolicy": "Retain"})),
+    )
+    .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.api.delete("kept", &DeleteParams::default()).await?;
+    wait_for("kept gone", WAIT, || async {
+        Ok(s.api.get_opt("kept").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(0))
+    );
+
+    // A failing disassociate blocks deletion, keeps the finalizer, and retries.
+    s.create("blocked", s.spec(serde_json::json!({}))).await?;
+    s.wait_status("blocked", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    s.proxy
+        .inject(FaultRule::always("DisassociateAddress", Fault::ServerError));
+    s.api.delete("blocked", &DeleteParams::default()).await?;
+    let st = s
+        .wait_status("blocked", "Blocked", |st| {
+            condition(st, "Blocked").is_some_and(|c| c.status == "True")
+        })
+        .await?;
+    assert_eq!(st.phase, Some(feip::crd::Phase::Blocked));
+    let obj = s.api.get("blocked").await?;
+    assert!(
+        obj.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == feip::crd::FINALIZER)
+    );
+    assert!(
+        s.moto.association(&s.eip.allocation_id).await?.is_some(),
+        "never reports success it did not get"
+    );
+    s.proxy.clear_faults();
+    s.wait_association(None).await?;
+    wait_for("blocked gone after retry", WAIT, || async {
+        Ok(s.api.get_opt("blocked").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ownership_guard_does_not_take_a_foreign_association() -> anyhow::Result<()> {
+    let mut s = Scenario::new("owner", two_azs()).await?;
+    let foreign = s.moto.launch_instance(AZ_A).await?;
+    let ec2 = ec2_client(s.moto.url()).await;
+    ec2.associate_address()
+        .allocation_id(&s.eip.allocation_id)
+        .network_interface_id(&foreign.network_interface_id)
+        .allow_reassociation(true)
+        .send()
+        .await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    let st = s
+        .wait_status("web", "ForeignAssociation", |st| {
+            condition(st, "Degraded").is_some_and(|c| c.reason == "ForeignAssociation")
+        })
+        .await?;
+    assert!(holder(&st).is_none());
+    s.wait_monitor_passes(3).await?;
+    assert_eq!(s.proxy.count("AssociateAddress"), 0);
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(foreign.network_interface_id.as_str())
+    );
+
+    // Explicit takeover.
+    s.patch_spec("web", serde_json::json!({"allowTakeover": true}))
+        .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn leader_killed_the_other_replica_takes_over_without_remapping() -> anyhow::Result<()> {
+    let mut s = Scenario::new("replicas", two_azs()).await?;
+    let mut a = s.start_controller("replica-a").await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    let mut b = s.start_controller("replica-b").await?;
+    wait_for("replica b ready", WAIT, || {
+        let ready = *b.ready.borrow();
+        async move { Ok(ready.then_some(())) }
+    })
+    .await?;
+    assert!(a.leadership.is_leader() && !b.leadership.is_leader());
+    let associates = s.proxy.count("AssociateAddress");
+
+    a.kill();
+    wait_for("replica b leads", WAIT, || {
+        let l = b.leadership.is_leader();
+        async move { Ok(l.then_some(())) }
+    })
+    .await?;
+    // b reads EC2 and adopts: several monitor passes without a single mutation.
+    s.wait_monitor_passes(3).await?;
+    let st = s
+        .wait_status("web", "still active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    assert_eq!(st.failover_count, 0);
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        associates,
+        "handoff remapped the address"
+    );
+    // And b really is in charge: a failure now is handled by b.
+    s.nodes[0].stop();
+    s.wait_association(Some(s.eni(1))).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_probe_failure_triggers_fast_failover() -> anyhow::Result<()> {
+    let mut s = Scenario::new(
+        "probe",
+        vec![
+            NodeSetup {
+                az: AZ_A,
+                http_port: Some(8080),
+            },
+            NodeSetup {
+                az: AZ_C,
+                http_port: Some(8080),
+            },
+        ],
+    )
+    .await?;
+    s.run().await?;
+    let spec = s.spec(serde_json::json!({
+        "health": {"heartbeatTimeout": "40s", "probe": {"type": "HTTP", "port": 8080, "path": "/healthz", "period": "1s", "timeout": "500ms", "failureThreshold": 3}},
+    }));
+    s.create("web", spec).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    // The heartbeat keeps running: only the probe sees the failure.
+    s.nodes[0].set_http_healthy(false);
+    let took = s.wait_association(Some(s.eni(1))).await?;
+    // period x failure threshold = 3s, plus a margin for the in-flight period and the association.
+    assert!(
+        took < Duration::from_secs(6),
+        "probe failover took {took:?}"
+    );
+    let st = s
+        .wait_status("web", "failover recorded", |st| st.last_failover.is_some())
+        .await?;
+    println!(
+        "probe failover: {:.3}s from failure injection to association; {}s from detection to confirmation",
+        took.as_secs_f64(),
+        st.last_failover
+            .and_then(|l| l.duration_seconds)
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_addresses_over_five_nodes_fail_over_with_constant_describe_calls()
+-> anyhow::Result<()> {
+    let nodes = (0..5)
+        .map(|i| NodeSetup {
+            az: if i % 2 == 0 { AZ_A } else { AZ_C },
+            http_port: None,
+        })
+        .collect();
+    let mut s = Scenario::new("scale", nodes).await?;
+    s.run().await?;
+    let mut eips = Vec::new();
+    for i in 0..50 {
+        let eip = s.moto.allocate_address().await?;
+        // Round-robin preferences: node (i % 5) first.
+        let candidates: Vec<_> = (0..5)
+            .map(|k| serde_json::json!({"node": s.node((i + k) % 5)}))
+            .collect();
+        let mut spec = s.spec(serde_json::json!({}));
+        spec["allocationId"] = eip.allocation_id.clone().into();
+        spec["candidates"] = candidates.into();
+        s.create(&format!("ip-{i}"), spec).await?;
+        eips.push(eip);
+    }
+    let all_active = |want: Box<dyn Fn(usize) -> usize + Send + Sync>| {
+        let api = s.api.clone();
+        let names: Vec<String> = (0..5).map(|i| s.node(i).to_string()).collect();
+        async move {
+            wait_for("all 50 active", Duration::from_secs(60), || {
+                let api = api.clone();
+                let names = names.clone();
+                let want = &want;
+                async move {
+                    let list = api.list(&ListParams::default()).await?;
+                    let ok = list.items.len() == 50
+                        && list.items.iter().all(|f| {
+                            let i: usize = f.metadata.name.as_deref().unwrap_or("ip-0")[3..]
+                                .parse()
+                                .unwrap_or(0);
+                            f.status
+                                .as_ref()
+                                .is_some_and(|st| active_on(st, &names[want(i)]))
+                        });
+                    Ok(ok.then_some(()))
+                }
+            })
+            .await
+        }
+    };
+    all_active(Box::new(|i| i % 5)).await?;
+
+    // Steady state: DescribeAddresses per monitor interval does not grow with 50 addresses.
+    s.proxy.clear_log();
+    let window = Instant::now();
+    s.wait_monitor_passes(5).await?;
+    let elapsed = window.elapsed().as_secs_f64();
+    let describes = s.proxy.count("DescribeAddresses");
+    let per_interval = describes as f64 / elapsed; // interval is 1s
+    assert!(
+        per_interval <= 2.0,
+        "{describes} DescribeAddresses in {elapsed:.1}s for 50 addresses"
+    );
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        0,
+        "steady state mutates nothing"
+    );
+    println!(
+        "steady state: {describes} DescribeAddresses in {elapsed:.1}s (1s interval, 50 addresses)"
+    );
+
+    // Node 0 dies: its 10 addresses move to their next candidate (node 1).
+    s.nodes[0].stop();
+    all_active(Box::new(|i| if i % 5 == 0 { 1 } else { i % 5 })).await?;
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        10,
+        "exactly the dead node's addresses were remapped"
+    );
+    Ok(())
+}
