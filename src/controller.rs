@@ -1680,12 +1680,16 @@ async fn patch_status(
     }
     let api: Api<FloatingElasticIP> =
         Api::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default());
-    // Full replacement of .status (a merge patch would leave removed list entries behind).
-    let patch = serde_json::json!({"status": status});
+    // Replace .status as a whole: a merge patch would keep fields and list entries that the
+    // new status no longer has (an expired ban, a cleared holder).
+    let patch: Vec<serde_json::Value> =
+        vec![serde_json::json!({"op": "add", "path": "/status", "value": status})];
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
+        .map_err(|e| Error::Other(e.to_string()))?;
     api.patch_status(
         &f.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::<()>::Json(patch),
     )
     .await?;
     Ok(())
@@ -1751,6 +1755,7 @@ async fn cleanup(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue
                         })
                 })
             });
+        tracing::debug!(feip = %k, ?info, ours, "releasing on deletion");
         if let (Some(info), true) = (&info, ours)
             && let Some(assoc) = &info.association_id
         {
@@ -1761,6 +1766,12 @@ async fn cleanup(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue
                 .disassociate(assoc)
                 .await
                 .map_err(|e| blocked(&ctx, &f, format!("DisassociateAddress failed: {e}")))?;
+            let mut released = info.clone();
+            released.association_id = None;
+            released.network_interface_id = None;
+            released.private_ip = None;
+            released.instance_id = None;
+            lock(&ctx.view).addresses.insert(released);
             publish(
                 &ctx,
                 &f,

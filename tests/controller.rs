@@ -382,8 +382,16 @@ async fn drift_below_threshold_reassociates_and_at_threshold_moves() -> anyhow::
     assert!(s.event_reasons("web").await?.iter().any(|r| r == "Drift"));
 
     // Threshold 1: the next drift bans the holder and moves the address.
-    s.patch_spec("web", serde_json::json!({"migrationThreshold": 1}))
-        .await?;
+    // (Lowering the threshold under an existing count would ban at once: clean up first.)
+    s.patch_spec(
+        "web",
+        serde_json::json!({"migrationThreshold": 1, "cleanup": {"requestId": "reset-1"}}),
+    )
+    .await?;
+    s.wait_status("web", "cleanup applied", |st| {
+        st.last_cleanup_request_id.as_deref() == Some("reset-1") && st.nodes.is_empty()
+    })
+    .await?;
     let described = ec2
         .describe_addresses()
         .allocation_ids(&s.eip.allocation_id)

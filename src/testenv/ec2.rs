@@ -184,6 +184,8 @@ impl Moto {
             .addresses()
             .first()
             .and_then(|a| a.network_interface_id())
+            // moto reports an unassociated address with an empty interface id.
+            .filter(|s| !s.is_empty())
             .map(str::to_string))
     }
 }
