@@ -7,5 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 hack/install-tools.sh
 # Integration tests start their own control planes and moto; give them the cores they need.
-export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --locked --features testenv --all-targets "$@"

@@ -348,8 +348,9 @@ impl Ec2 {
     {
         self.budget.acquire(mutating).await;
         let started = Instant::now();
-        // The SDK has its own timeouts; this outer bound also covers its retries and backoff.
-        let result = match tokio::time::timeout(self.timeout * 3, fut).await {
+        // The SDK bounds each attempt; this outer bound covers both attempts and the backoff
+        // between them, and is what the leadership safety margin must exceed.
+        let result = match tokio::time::timeout(self.timeout * 2, fut).await {
             Ok(r) => r,
             Err(_) => Err(Ec2Error::Unknown {
                 operation,

@@ -115,7 +115,6 @@ struct Runtime {
     pending: Option<PendingFailover>,
     failed_attempts: u32,
     blocked: Option<String>,
-    last_error: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -1170,8 +1169,6 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             .await
             {
                 tracing::debug!(feip = %k, error = %e, "lease confirm deferred");
-            } else {
-                confirmed = true;
             }
         }
     }

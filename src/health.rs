@@ -171,8 +171,7 @@ impl Probes {
                 task,
             },
         );
-        let s = *lock(&state);
-        s
+        *lock(&state)
     }
 
     /// Stops probes nobody asked for within `idle`.

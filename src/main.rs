@@ -20,7 +20,7 @@ enum Command {
     /// Print the FloatingElasticIP CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -70,7 +70,7 @@ struct ControllerArgs {
     #[arg(long, env = "AWS_REGION")]
     aws_region: Option<String>,
     /// Timeout of one EC2 call attempt.
-    #[arg(long, env = "FEIP_EC2_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "FEIP_EC2_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     ec2_timeout: Duration,
 }
 
@@ -83,13 +83,22 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(run_controller(args))?;
+                .block_on(run_controller(*args))?;
         }
     }
     Ok(())
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    // One EC2 call (two SDK attempts) must fit inside the leadership safety margin, so a
+    // mutation started while leadership was valid also ends while it is.
+    if args.safety_margin <= args.ec2_timeout * 2 {
+        anyhow::bail!(
+            "--safety-margin ({:?}) must exceed twice --ec2-timeout ({:?})",
+            args.safety_margin,
+            args.ec2_timeout
+        );
+    }
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -145,7 +154,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         ready_rx,
         stopped(&stop_tx),
     ));
-    let elector = tokio::spawn(feip::leader::run(
+    let mut elector = tokio::spawn(feip::leader::run(
         client.clone(),
         leader_cfg,
         leadership.clone(),
@@ -168,6 +177,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         r = &mut controller => { r?; }
+        // Without its elector a replica could never lead again: exit and let it restart.
+        r = &mut elector => {
+            let _ = stop_tx.send(());
+            anyhow::bail!("leader election stopped: {r:?}");
+        }
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut controller).await;
