@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The local environment: a real kube-apiserver + etcd, moto (EC2) behind the fault proxy and
-# two simulated nodes. The first run builds the Kubernetes binaries (10-20 minutes) and the
-# Rust crate (about 5 minutes); progress is printed.
+# The one-command demo: a real kube-apiserver + etcd, moto (EC2) behind the fault proxy, the
+# feip controller and two simulated nodes; shows a failover and that the address stays put
+# when the failed node returns. `hack/demo.sh --non-interactive` exits when done (CI).
+# The first run builds the Kubernetes binaries (10-20 minutes) and the Rust crate (about
+# 5 minutes); progress is printed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 hack/install-tools.sh
-exec cargo run --locked --quiet --features testenv --bin feip-demo -- "$@"
+echo "[demo] building feip and the demo (cargo build --features testenv --bins)" >&2
+cargo build --locked --quiet --features testenv --bins
+exec target/debug/feip-demo "$@"

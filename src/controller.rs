@@ -219,8 +219,16 @@ pub async fn run(
     // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::channel::<()>(16);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(node_stream.for_each(|_| async {}));
-    tasks.spawn(lease_stream.for_each(|_| async {}));
+    tasks.spawn(node_stream.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "node watch error; retrying");
+        }
+    }));
+    tasks.spawn(lease_stream.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "holder lease watch error; retrying");
+        }
+    }));
     tasks.spawn(heartbeats.clone().run(client.clone(), changed.clone()));
     tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
     tasks.spawn(forward_changes(changed.clone(), trigger_tx.clone()));
@@ -234,8 +242,18 @@ pub async fn run(
         );
         tasks.spawn(async move {
             let _ = nodes.wait_until_ready().await;
+            tracing::debug!("node cache synced");
             let _ = leases.wait_until_ready().await;
-            let _ = feips.wait_until_ready().await;
+            tracing::debug!("holder lease cache synced");
+            // The controller's own runner also waits on this store; a second long-lived waiter
+            // is not reliably woken, so check readiness by polling instead.
+            while tokio::time::timeout(Duration::ZERO, feips.wait_until_ready())
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::debug!("FloatingElasticIP cache synced");
             while !heartbeats.is_synced() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -999,7 +1017,8 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 change.to.as_deref().unwrap_or("none"),
                 change.reason.as_str()
             );
-            tracing::info!(feip = %k, %msg, "holder change");
+            // detected_at at full precision (status times are whole seconds): feip-bench reads it.
+            tracing::info!(feip = %k, %msg, %detected_at, "holder change");
             publish(
                 &ctx,
                 &f,
@@ -1179,7 +1198,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             .get_mut(&k)
             .and_then(|rt| rt.pending.take());
         if let Some(p) = pending.filter(|p| Some(&p.to) == lease_holder.as_ref()) {
-            let duration = now.duration_since(p.detected_at).unsigned_abs();
+            // Completion is now (after the confirming Describe), not the start of this pass.
+            let completed = Timestamp::now();
+            let duration = completed.duration_since(p.detected_at).unsigned_abs();
             if p.from.is_some() {
                 failover_count += 1;
                 ctx.metrics.failover(static_reason(&p.reason), duration);
@@ -1201,7 +1222,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                     to: p.to.clone(),
                     reason: p.reason.clone(),
                     detected_at: Some(Time(p.detected_at)),
-                    completed_at: Some(Time(now)),
+                    completed_at: Some(Time(completed)),
                     duration_seconds: Some(format!("{:.3}", duration.as_secs_f64())),
                 });
             }

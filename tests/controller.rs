@@ -92,8 +92,14 @@ impl Scenario {
         .await
     }
 
+    /// Starts one replica and waits until it reports ready (every cache synced), before any
+    /// FloatingElasticIP exists: readiness must not depend on there being objects.
     async fn run(&mut self) -> anyhow::Result<()> {
         let c = self.start_controller("replica-0").await?;
+        let mut ready = c.ready.clone();
+        tokio::time::timeout(WAIT, ready.wait_for(|r| *r))
+            .await
+            .map_err(|_| anyhow::anyhow!("controller not ready within {WAIT:?}"))??;
         self.controller = Some(c);
         Ok(())
     }

@@ -122,6 +122,16 @@ impl Moto {
 
     /// Launches one instance in `az` (AZ_A or AZ_C) and returns its primary ENI.
     pub async fn launch_instance(&self, az: &str) -> anyhow::Result<Instance> {
+        self.launch_instance_with_ip(az, None).await
+    }
+
+    /// Launches one instance in `az` with a chosen primary private IP (e.g. the reference
+    /// scenario's 10.0.0.20 / 10.0.1.20).
+    pub async fn launch_instance_with_ip(
+        &self,
+        az: &str,
+        private_ip: Option<&str>,
+    ) -> anyhow::Result<Instance> {
         let client = ec2_client(&self.url).await;
         let subnet = if az == AZ_C {
             &self.world.subnet_c
@@ -133,6 +143,7 @@ impl Moto {
             .image_id(&self.world.image_id)
             .instance_type(InstanceType::T3Micro)
             .subnet_id(subnet)
+            .set_private_ip_address(private_ip.map(str::to_string))
             .min_count(1)
             .max_count(1)
             .send()
