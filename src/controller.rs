@@ -957,15 +957,25 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
     tracing::debug!(feip = %k, ?holder, holder_confirmed, address = ?input.address, candidates = ?input.candidates, ?decision, "decided");
     decision.apply_to_failures(&mut failures, now);
     if let Some((node, kind)) = &decision.record_failure {
-        ctx.metrics.holder_change("drift_failure");
+        let count = failures.get(node).map_or(0, |r| r.count);
         publish(
             &ctx,
             &f,
             EventType::Warning,
             "Drift",
-            format!("address is not on holder {node} ({kind}); failure counted"),
+            format!("address is not on holder {node} ({kind}); failure {count} of {}", r.policy.migration_threshold),
         )
         .await;
+        if count >= r.policy.migration_threshold {
+            publish(
+                &ctx,
+                &f,
+                EventType::Warning,
+                "Banned",
+                format!("{node} reached the migration threshold ({count}) and is banned for this address"),
+            )
+            .await;
+        }
     }
 
     // 1. Write the decision to the Lease before any EC2 mutation.
