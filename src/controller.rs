@@ -52,6 +52,9 @@ const LEASE_LABEL_VALUE: &str = "feip";
 const CONFIRMED_ANNOTATION: &str = "feip.io/confirmed";
 /// Lease annotation: why the current holder holds the address.
 const REASON_ANNOTATION: &str = "feip.io/reason";
+/// Lease annotations of a failover not yet confirmed: previous holder and detection time.
+const FAILOVER_FROM_ANNOTATION: &str = "feip.io/failover-from";
+const DETECTED_AT_ANNOTATION: &str = "feip.io/detected-at";
 
 /// Defaults of the spec (section 2 of the product spec).
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,7 +80,13 @@ impl Error {
     fn kind(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
+                kube::runtime::finalizer::Error::AddFinalizer(_)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kube",
+                _ => "finalizer",
+            },
             Error::Blocked(_) => "blocked",
             Error::Other(_) => "other",
         }
@@ -145,6 +154,12 @@ pub struct Context {
     /// only on fresh EC2 data, so it adopts the current association instead of remapping.
     fresh_since_leadership: std::sync::atomic::AtomicBool,
     settings: Settings,
+    /// Reconciles of single addresses: a change that concerns some addresses (one node's
+    /// health, one address in EC2) must not queue all of them ahead of the one that needs to
+    /// fail over.
+    targeted: futures::channel::mpsc::UnboundedSender<ObjectRef<FloatingElasticIP>>,
+    /// Nodes whose eligibility or heartbeat verdict changed since `forward_changes` last ran.
+    dirty_nodes: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +207,7 @@ pub async fn run(
     let feips = controller.store();
     let heartbeats = Arc::new(Heartbeats::default());
     let probes = Arc::new(Probes::new(changed.clone()));
+    let (targeted, targeted_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         client: client.clone(),
         ec2,
@@ -214,16 +230,34 @@ pub async fn run(
         monitor_wake: Notify::new(),
         fresh_since_leadership: std::sync::atomic::AtomicBool::new(false),
         settings,
+        targeted,
+        dirty_nodes: Mutex::new(HashSet::new()),
     });
 
     // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::channel::<()>(16);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(node_stream.for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "node watch error; retrying");
-        }
-    }));
+    {
+        // Re-evaluate at once when what makes a node eligible or healthy changes (standby
+        // label, cordon, taints, Ready, providerID, InternalIP), not on every status update.
+        let changed = changed.clone();
+        let dirty = ctx.clone();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        tasks.spawn(node_stream.for_each(move |r| {
+            match r {
+                Ok(node) => {
+                    let print = node_fingerprint(&node);
+                    if seen.insert(node.name_any(), print) != Some(print) {
+                        lock(&dirty.dirty_nodes).insert(node.name_any());
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "node watch error; retrying"),
+            }
+            futures::future::ready(())
+        }));
+    }
+    tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
     tasks.spawn(lease_stream.for_each(|r| async move {
         if let Err(e) = r {
             tracing::warn!(error = %e, "holder lease watch error; retrying");
@@ -231,7 +265,7 @@ pub async fn run(
     }));
     tasks.spawn(heartbeats.clone().run(client.clone(), changed.clone()));
     tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
-    tasks.spawn(forward_changes(changed.clone(), trigger_tx.clone()));
+    tasks.spawn(forward_changes(ctx.clone(), changed.clone(), trigger_tx.clone()));
     tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
     {
         let (nodes, leases, feips, heartbeats) = (
@@ -265,6 +299,7 @@ pub async fn run(
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(16))
         .reconcile_all_on(trigger_rx)
+        .reconcile_on(targeted_rx)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -281,11 +316,144 @@ pub async fn run(
     Ok(())
 }
 
-/// Turns health changes into one "reconcile everything" trigger (coalesced).
-async fn forward_changes(changed: Arc<Notify>, mut tx: futures::channel::mpsc::Sender<()>) {
+/// Hash of the Node fields feip's eligibility and health verdicts depend on.
+fn node_fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.labels().get(STANDBY_LABEL).hash(&mut h);
+    if let Some(spec) = &node.spec {
+        spec.unschedulable.hash(&mut h);
+        spec.provider_id.hash(&mut h);
+        for t in spec.taints.iter().flatten() {
+            (&t.key, &t.effect).hash(&mut h);
+        }
+    }
+    if let Some(status) = &node.status {
+        for c in status.conditions.iter().flatten().filter(|c| c.type_ == "Ready") {
+            c.status.hash(&mut h);
+        }
+        for a in status.addresses.iter().flatten().filter(|a| a.type_ == "InternalIP") {
+            a.address.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// A heartbeat going stale is the absence of an event, so nothing would wake the controller:
+/// every 250 ms, check whether any node crossed any heartbeat timeout in use and trigger a
+/// re-evaluation when one did.
+async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    // At most 250 ms between checks, and no later than the next crossing due (a fixed 250 ms
+    // tick added up to 250 ms to every heartbeat failover).
+    let max_pause = Duration::from_millis(250);
+    let mut pause = Duration::ZERO;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = max_pause;
+        if !ctx.leadership.is_leader() {
+            continue;
+        }
+        // Only the timeouts of the addresses that list a node matter for it: one address with
+        // a short timeout must not make every node "cross" it between two kubelet renewals.
+        // (Node selectors apply to every node.)
+        let mut per_node: HashMap<String, Vec<Duration>> = HashMap::new();
+        let mut everywhere: Vec<Duration> = Vec::new();
+        for f in ctx.feips.state() {
+            let t = f
+                .spec
+                .health
+                .as_ref()
+                .and_then(|h| h.heartbeat_timeout)
+                .map_or(DEFAULT_HEARTBEAT_TIMEOUT, Duration::from);
+            match &f.spec.candidates {
+                Some(c) => {
+                    for c in c {
+                        let v = per_node.entry(c.node.clone()).or_default();
+                        if !v.contains(&t) {
+                            v.push(t);
+                        }
+                    }
+                }
+                None if !everywhere.contains(&t) => everywhere.push(t),
+                None => {}
+            }
+        }
+        let mut any = false;
+        for node in ctx.nodes.state() {
+            let name = node.name_any();
+            let Some(age) = ctx.heartbeats.age(&name) else { continue };
+            let relevant = || per_node.get(&name).into_iter().flatten().chain(everywhere.iter());
+            let crossed = relevant().filter(|t| age > **t).count();
+            if let Some(due) = relevant().filter_map(|t| t.checked_sub(age)).min() {
+                pause = pause.min(due + Duration::from_millis(1));
+            }
+            if last.insert(name.clone(), crossed) != Some(crossed) {
+                lock(&ctx.dirty_nodes).insert(name);
+                any = true;
+            }
+        }
+        if any {
+            changed.notify_one();
+        }
+    }
+}
+
+/// Turns health changes into reconciles of just the addresses that list an affected node (a
+/// changed probe, heartbeat verdict or Node); a change that names no node (the heartbeat
+/// cache synced) reconciles everything (coalesced).
+async fn forward_changes(
+    ctx: Arc<Context>,
+    changed: Arc<Notify>,
+    mut all: futures::channel::mpsc::Sender<()>,
+) {
     loop {
         changed.notified().await;
-        let _ = tx.try_send(());
+        let ips: HashSet<IpAddr> = ctx.probes.take_changed().into_iter().collect();
+        let mut nodes = std::mem::take(&mut *lock(&ctx.dirty_nodes));
+        if ips.is_empty() && nodes.is_empty() {
+            let _ = all.try_send(());
+            continue;
+        }
+        if !ips.is_empty() {
+            for n in ctx.nodes.state() {
+                if internal_ip(&n).is_some_and(|ip| ips.contains(&ip)) {
+                    nodes.insert(n.name_any());
+                }
+            }
+        }
+        for f in ctx.feips.state() {
+            let affected = match &f.spec.candidates {
+                Some(c) => c.iter().any(|c| nodes.contains(&c.node)),
+                None => true, // a node selector: membership may have changed too
+            };
+            if affected {
+                let _ = ctx.targeted.unbounded_send(ObjectRef::from_obj(&*f));
+            }
+        }
+    }
+}
+
+fn internal_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse::<IpAddr>().ok())
+}
+
+/// Reconciles the addresses whose EC2 state a monitor pass found changed (by allocation id
+/// or public IP): an unchanged snapshot needs no reconcile beyond each address's own timer.
+fn reconcile_addresses(ctx: &Context, keys: &HashSet<String>) {
+    if keys.is_empty() {
+        return;
+    }
+    for f in ctx.feips.state() {
+        let hit = f.spec.allocation_id.as_ref().is_some_and(|a| keys.contains(a))
+            || f.spec.public_ip.as_ref().is_some_and(|p| keys.contains(p));
+        if hit {
+            let _ = ctx.targeted.unbounded_send(ObjectRef::from_obj(&*f));
+        }
     }
 }
 
@@ -301,8 +469,11 @@ async fn watch_leadership(ctx: Arc<Context>, mut tx: futures::channel::mpsc::Sen
             ctx.monitor_wake.notify_one();
         } else {
             tracing::info!("not leading: no decisions, no EC2 mutations");
+            let _ = tx.try_send(());
         }
-        let _ = tx.try_send(());
+        // A new leader's reconciles are triggered by its first EC2 read (the monitor pass
+        // just woken): before it they could only publish "EC2 unknown", writing every status
+        // twice per leadership change.
         if rx.changed().await.is_err() {
             return;
         }
@@ -377,10 +548,36 @@ async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<
         let started = Instant::now();
         let addresses = ctx.ec2.describe_addresses(&alloc_ids, &public_ips).await;
         let instances = ctx.ec2.describe_instances(&instance_ids).await;
+        // What this pass changed: everything after errors, new instance data or a leadership
+        // change; otherwise only the addresses that moved or were looked up for the first time.
+        let mut everything = !ctx
+            .fresh_since_leadership
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let mut changed_keys: HashSet<String> = HashSet::new();
         {
             let mut view = lock(&ctx.view);
+            everything |= view.addresses_error.is_some() || view.instances_error.is_some();
+            everything |= addresses.is_err() || instances.is_err();
+            everything |= instances.as_ref().is_ok_and(|m| *m != view.instances);
             match addresses {
                 Ok(snapshot) => {
+                    for (id, a) in &snapshot.by_allocation {
+                        if view.addresses.by_allocation.get(id) != Some(a) {
+                            changed_keys.insert(id.clone());
+                            changed_keys.insert(a.public_ip.clone());
+                        }
+                    }
+                    for (id, a) in &view.addresses.by_allocation {
+                        if !snapshot.by_allocation.contains_key(id) {
+                            changed_keys.insert(id.clone());
+                            changed_keys.insert(a.public_ip.clone());
+                        }
+                    }
+                    for k in alloc_ids.iter().chain(public_ips.iter()) {
+                        if !view.covered.contains(k) {
+                            changed_keys.insert(k.clone());
+                        }
+                    }
                     view.addresses = snapshot;
                     view.covered = alloc_ids.iter().chain(public_ips.iter()).cloned().collect();
                     view.addresses_at = Some(started);
@@ -401,7 +598,11 @@ async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<
                     .store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let _ = trigger.try_send(());
+        if everything {
+            let _ = trigger.try_send(());
+        } else {
+            reconcile_addresses(&ctx, &changed_keys);
+        }
     }
 }
 
@@ -434,13 +635,6 @@ async fn reconcile(obj: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Req
     // Only the leader decides and writes; followers wait for leadership (a trigger arrives).
     if !ctx.leadership.can_mutate() {
         return Ok(Requeue::await_change());
-    }
-    if !ctx
-        .fresh_since_leadership
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        ctx.monitor_wake.notify_one();
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
     let started = Instant::now();
     let api: Api<FloatingElasticIP> = Api::namespaced(
@@ -600,6 +794,8 @@ struct Gathered {
     view: CandidateView,
     instance_id: Option<String>,
     dead_since: Option<Timestamp>,
+    /// The node's probe started moments ago and has no verdict yet.
+    probe_pending: bool,
 }
 
 fn gather_candidate(
@@ -611,6 +807,7 @@ fn gather_candidate(
 ) -> Gathered {
     let node = ctx.nodes.get(&ObjectRef::new(&listed.node));
     let mut dead_since = None;
+    let mut probe_pending = false;
     let view = |health, eligibility, target| CandidateView {
         node: listed.node.clone(),
         priority: listed.priority,
@@ -633,6 +830,7 @@ fn gather_candidate(
             ),
             instance_id: None,
             dead_since: None,
+            probe_pending: false,
         };
     };
 
@@ -775,7 +973,8 @@ fn gather_candidate(
                         dead_since = Some(state.since_wall);
                     }
                     ProbeStatus::Unknown if unknown.is_none() => {
-                        unknown = Some("probe has no verdict yet".into())
+                        unknown = Some("probe has no verdict yet".into());
+                        probe_pending = state.since.elapsed() < *period * 2 + *timeout;
                     }
                     _ => {}
                 }
@@ -799,6 +998,7 @@ fn gather_candidate(
         view: v,
         instance_id,
         dead_since,
+        probe_pending,
     }
 }
 
@@ -832,6 +1032,11 @@ fn observe_address(
     ctx: &Context,
     f: &FloatingElasticIP,
 ) -> Result<Option<AddressInfo>, (bool, String)> {
+    // A new leader acts only on EC2 data it read itself: until then the address is unknown,
+    // so it decides nothing on EC2's behalf and adopts whatever it then finds (no remap).
+    if !ctx.fresh_since_leadership.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err((false, "no EC2 read yet since this replica became leader".into()));
+    }
     let v = lock(&ctx.view);
     if let Some(e) = &v.addresses_error {
         return Err((false, e.clone()));
@@ -932,6 +1137,15 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             .map(|l| gather_candidate(&ctx, &r, l, rt, now))
             .collect()
     };
+    // A probe started moments ago (this replica just started or became leader, a new
+    // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile) instead of
+    // publishing a transient "health unknown" status and writing the status twice (2,000
+    // status writes per restart at 1,000 addresses). Unknown health never moves an address.
+    if gathered.iter().any(|g| g.probe_pending)
+        && cleanup_done == status.last_cleanup_request_id
+    {
+        return Ok(Requeue::requeue(Duration::from_millis(250)));
+    }
 
     let holder = lease
         .as_ref()
@@ -1005,6 +1219,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 transitions,
                 false,
                 change.reason.as_str(),
+                change.from.as_deref().filter(|_| change.to.is_some()).map(|from| (from, detected_at)),
                 &r,
             )
             .await?;
@@ -1035,6 +1250,8 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 EventType::Normal,
                 if change.is_failover() {
                     "Failover"
+                } else if change.to.is_none() {
+                    "HolderReleased"
                 } else {
                     "HolderElected"
                 },
@@ -1042,7 +1259,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             )
             .await;
         } else if lease.is_none() && !r.policy.stopped {
-            write_lease(&ctx, &f, None, holder.as_deref(), 0, false, "Created", &r).await?;
+            write_lease(&ctx, &f, None, holder.as_deref(), 0, false, "Created", None, &r).await?;
         }
     }
 
@@ -1193,6 +1410,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 transitions,
                 true,
                 &reason,
+                None,
                 &r,
             )
             .await
@@ -1206,7 +1424,8 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
     if holder_on_target {
         let pending = lock(&ctx.runtime)
             .get_mut(&k)
-            .and_then(|rt| rt.pending.take());
+            .and_then(|rt| rt.pending.take())
+            .or_else(|| pending_from_lease(lease.as_deref(), holder_confirmed));
         if let Some(p) = pending.filter(|p| Some(&p.to) == lease_holder.as_ref()) {
             // Completion is now (after the confirming Describe), not the start of this pass.
             let completed = Timestamp::now();
@@ -1293,7 +1512,13 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
     // 5. When to look again.
     let soon = Duration::from_millis(200);
     let requeue = match &action_error {
-        Some(e) if !e.is_unknown() && e.blames_target() => soon,
+        // A banned target: move on to the next candidate at once. Other definite errors
+        // (a refused disassociate, an unknown allocation) back off like unknown ones.
+        Some(e)
+            if !e.is_unknown() && e.blames_target() && matches!(decision.action, Action::Associate { .. }) =>
+        {
+            soon
+        }
         Some(_) => {
             let attempts = {
                 let mut rt = lock(&ctx.runtime);
@@ -1308,7 +1533,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
         {
             soon
         }
-        None => r.monitor_interval,
+        // Jittered, so addresses reconciled together (a restart) spread over the interval
+        // instead of arriving in bursts that delay an urgent reconcile.
+        None => r.monitor_interval.mul_f64(rand::random_range(0.9..1.1)),
     };
     Ok(Requeue::requeue(requeue))
 }
@@ -1333,6 +1560,18 @@ fn static_reason(reason: &str) -> &'static str {
         }
     }
     "Other"
+}
+
+/// An unfinished failover recorded on the Lease by a previous leader (or before a restart).
+fn pending_from_lease(lease: Option<&Lease>, confirmed: bool) -> Option<PendingFailover> {
+    let lease = lease.filter(|_| !confirmed)?;
+    let a = lease.metadata.annotations.as_ref()?;
+    Some(PendingFailover {
+        from: Some(a.get(FAILOVER_FROM_ANNOTATION)?.clone()),
+        to: lease.spec.as_ref()?.holder_identity.clone()?,
+        reason: a.get(REASON_ANNOTATION).cloned().unwrap_or_else(|| "HolderDead".into()),
+        detected_at: a.get(DETECTED_AT_ANNOTATION)?.parse().ok()?,
+    })
 }
 
 /// Confirms a mutation with DescribeAddresses and backoff (EC2 is eventually consistent).
@@ -1374,6 +1613,7 @@ async fn write_lease(
     transitions: i32,
     confirmed: bool,
     reason: &str,
+    failover: Option<(&str, Timestamp)>,
     r: &Resolved,
 ) -> Result<(), Error> {
     if !ctx.leadership.can_mutate() {
@@ -1412,6 +1652,12 @@ async fn write_lease(
     }))
     .map_err(|e| Error::Other(e.to_string()))?;
     lease.metadata.owner_references = Some(vec![owner]);
+    // An unfinished failover is recorded on the Lease too, so a new leader that completes it
+    // still reports it (status.lastFailover, failover count, duration metric).
+    if let (Some((from, detected_at)), Some(annotations)) = (failover, lease.metadata.annotations.as_mut()) {
+        annotations.insert(FAILOVER_FROM_ANNOTATION.into(), from.to_string());
+        annotations.insert(DETECTED_AT_ANNOTATION.into(), detected_at.to_string());
+    }
     if let Some(spec) = lease.spec.as_mut() {
         spec.holder_identity = holder.map(str::to_string);
         spec.acquire_time = holder.and(acquire);

@@ -539,7 +539,7 @@ impl Elector {
         if self.last_renew.is_some() {
             tracing::warn!(lease = %self.cfg.name, error, "failed to renew leadership");
         } else {
-            tracing::debug!(lease = %self.cfg.name, error, "failed to acquire leadership");
+            tracing::warn!(lease = %self.cfg.name, error, "failed to acquire leadership (check the leader Lease RBAC and namespace)");
         }
     }
 

@@ -2,6 +2,7 @@
 //! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
 
 pub mod aws;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod decide;

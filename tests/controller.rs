@@ -268,7 +268,7 @@ async fn reference_scenario_fails_over_on_heartbeat_loss_and_stays() -> anyhow::
     let lf = st.last_failover.clone().expect("last failover");
     assert_eq!(lf.from.as_deref(), Some(s.node(0)));
     assert_eq!(lf.to, s.node(1));
-    assert_eq!(lf.reason, "HolderDead");
+    assert_eq!(lf.reason, "HolderDead", "{st:?}");
     let secs: f64 = lf.duration_seconds.as_deref().unwrap_or("x").parse()?;
     assert!((0.0..10.0).contains(&secs), "failover duration {secs}");
     assert_eq!(st.failover_count, 1);
