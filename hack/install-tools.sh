@@ -55,7 +55,7 @@ build_kubernetes() {
     minor=$(echo "$v" | cut -d. -f2)
     staging_pin="v0.${v#v1.}"
     started=$(date +%s)
-    log_always "building kube-apiserver + kubectl $v from Go modules (cold: 10-20 min on 2 cores)"
+    log_always "building kube-apiserver + kubectl $v from Go modules (cold: about 7 min measured on 2 cores, up to 20)"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' RETURN
     (

@@ -5,7 +5,7 @@
 //! the interface is gone, ...) or *unknown* (throttling, 5xx, timeouts, transport failures).
 //! Unknown is never treated as a failure by the caller (rule 2 of the spec).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -274,6 +274,13 @@ impl AddressSnapshot {
     }
 }
 
+/// Most values one EC2 filter takes.
+const FILTER_VALUES_MAX: usize = 200;
+
+/// Instance ids per DescribeInstances call (EC2 allows 200 filter values; moto answers a
+/// 50-id filter several times faster than a 200-id one).
+const INSTANCES_PER_CALL: usize = 50;
+
 /// The EC2 client feip uses.
 #[derive(Clone)]
 pub struct Ec2 {
@@ -394,14 +401,18 @@ impl Ec2 {
         // One request: filtering (rather than listing ids) makes unknown ids absent instead of
         // failing the whole batch with InvalidAllocationID.NotFound.
         let mut req = self.client.describe_addresses();
-        if !allocation_ids.is_empty() && public_ips.is_empty() {
+        // EC2 caps one filter at 200 values, and moto filters in quadratic time (3 s for
+        // 1,000 ids): beyond that, list every address of the account (one call, EC2 does not
+        // page DescribeAddresses) and pick.
+        let filtered = allocation_ids.len() + public_ips.len() <= FILTER_VALUES_MAX;
+        if filtered && !allocation_ids.is_empty() && public_ips.is_empty() {
             req = req.filters(
                 Filter::builder()
                     .name("allocation-id")
                     .set_values(Some(allocation_ids.to_vec()))
                     .build(),
             );
-        } else if allocation_ids.is_empty() {
+        } else if filtered && allocation_ids.is_empty() {
             req = req.filters(
                 Filter::builder()
                     .name("public-ip")
@@ -417,6 +428,8 @@ impl Ec2 {
                     .map_err(|e| classify("DescribeAddresses", e))
             })
             .await?;
+        let wanted_allocations: HashSet<&str> = allocation_ids.iter().map(String::as_str).collect();
+        let wanted_ips: HashSet<&str> = public_ips.iter().map(String::as_str).collect();
         for a in out.addresses() {
             let info = AddressInfo {
                 allocation_id: a.allocation_id().unwrap_or_default().to_string(),
@@ -430,7 +443,8 @@ impl Ec2 {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
             };
-            if allocation_ids.contains(&info.allocation_id) || public_ips.contains(&info.public_ip)
+            if wanted_allocations.contains(info.allocation_id.as_str())
+                || wanted_ips.contains(info.public_ip.as_str())
             {
                 snapshot.insert(info);
             }
@@ -438,8 +452,9 @@ impl Ec2 {
         Ok(snapshot)
     }
 
-    /// One DescribeInstances for all ids. Unknown ids are absent from the result (EC2 fails
-    /// the whole call for a malformed or missing id, so those are retried one by one).
+    /// One DescribeInstances for all ids. The ids go in an `instance-id` filter, not as
+    /// InstanceIds: with a filter an unknown id is simply absent from the result, while listing
+    /// it would fail the whole call with InvalidInstanceID.NotFound.
     pub async fn describe_instances(
         &self,
         instance_ids: &[String],
@@ -448,53 +463,78 @@ impl Ec2 {
         if instance_ids.is_empty() {
             return Ok(found);
         }
-        let req = self.client.describe_instances().filters(
-            Filter::builder()
-                .name("instance-id")
-                .set_values(Some(instance_ids.to_vec()))
-                .build(),
-        );
-        let out = self
-            .call("DescribeInstances", false, async {
-                req.send()
-                    .await
-                    .map_err(|e| classify("DescribeInstances", e))
-            })
-            .await?;
-        for r in out.reservations() {
-            for i in r.instances() {
-                let mut interfaces = Vec::new();
-                for n in i.network_interfaces() {
-                    let ips: Vec<String> = n
-                        .private_ip_addresses()
-                        .iter()
-                        .filter_map(|p| p.private_ip_address().map(str::to_string))
-                        .collect();
-                    interfaces.push(InterfaceInfo {
-                        network_interface_id: n
-                            .network_interface_id()
-                            .unwrap_or_default()
-                            .to_string(),
-                        device_index: n.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
-                        primary_private_ip: n.private_ip_address().unwrap_or_default().to_string(),
-                        private_ips: ips,
-                    });
+        // EC2 pages DescribeInstances (moto after 100 instances) and caps one filter at 200
+        // values: ask in chunks and follow NextToken, one budgeted call per page. Reading
+        // only the first page made every instance after the 100th "not found".
+        for chunk in instance_ids.chunks(INSTANCES_PER_CALL) {
+            let mut next_token: Option<String> = None;
+            loop {
+                let req = self
+                    .client
+                    .describe_instances()
+                    .filters(
+                        Filter::builder()
+                            .name("instance-id")
+                            .set_values(Some(chunk.to_vec()))
+                            .build(),
+                    )
+                    .set_next_token(next_token.take());
+                let out = self
+                    .call("DescribeInstances", false, async {
+                        req.send()
+                            .await
+                            .map_err(|e| classify("DescribeInstances", e))
+                    })
+                    .await?;
+                for r in out.reservations() {
+                    for i in r.instances() {
+                        let mut interfaces = Vec::new();
+                        for n in i.network_interfaces() {
+                            let ips: Vec<String> = n
+                                .private_ip_addresses()
+                                .iter()
+                                .filter_map(|p| p.private_ip_address().map(str::to_string))
+                                .collect();
+                            interfaces.push(InterfaceInfo {
+                                network_interface_id: n
+                                    .network_interface_id()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                device_index: n
+                                    .attachment()
+                                    .and_then(|a| a.device_index())
+                                    .unwrap_or(-1),
+                                primary_private_ip: n
+                                    .private_ip_address()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                private_ips: ips,
+                            });
+                        }
+                        let info = InstanceInfo {
+                            instance_id: i.instance_id().unwrap_or_default().to_string(),
+                            state: i
+                                .state()
+                                .and_then(|s| s.name())
+                                .map(|n| n.as_str().to_string())
+                                .unwrap_or_default(),
+                            vpc_id: i.vpc_id().map(str::to_string),
+                            availability_zone: i
+                                .placement()
+                                .and_then(|p| p.availability_zone())
+                                .map(str::to_string),
+                            interfaces,
+                        };
+                        found.insert(info.instance_id.clone(), info);
+                    }
                 }
-                let info = InstanceInfo {
-                    instance_id: i.instance_id().unwrap_or_default().to_string(),
-                    state: i
-                        .state()
-                        .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                        .unwrap_or_default(),
-                    vpc_id: i.vpc_id().map(str::to_string),
-                    availability_zone: i
-                        .placement()
-                        .and_then(|p| p.availability_zone())
-                        .map(str::to_string),
-                    interfaces,
-                };
-                found.insert(info.instance_id.clone(), info);
+                next_token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if next_token.is_none() {
+                    break;
+                }
             }
         }
         Ok(found)

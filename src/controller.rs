@@ -58,6 +58,7 @@ const DETECTED_AT_ANNOTATION: &str = "feip.io/detected-at";
 
 /// Defaults of the spec (section 2 of the product spec).
 pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(40);
 pub const DEFAULT_PROBE_PORT: u16 = 10250;
 pub const DEFAULT_PROBE_PERIOD: Duration = Duration::from_secs(1);
@@ -160,6 +161,34 @@ pub struct Context {
     targeted: futures::channel::mpsc::UnboundedSender<ObjectRef<FloatingElasticIP>>,
     /// Nodes whose eligibility or heartbeat verdict changed since `forward_changes` last ran.
     dirty_nodes: Mutex<HashSet<String>>,
+    /// Since when this replica has watched heartbeats without a gap: reset when it becomes
+    /// leader, when a kube watch fails and when the heartbeat watch re-lists (a 410 after an
+    /// apiserver restart). Staleness is only counted over observed time (rule 7), so an API
+    /// outage never makes a node look dead (rule 2): see [`Context::heartbeat_age`].
+    heartbeats_observed_since: Mutex<Instant>,
+}
+
+impl Context {
+    /// Time since `node`'s heartbeat last changed, counting only the time this replica has
+    /// been observing heartbeats without a gap.
+    fn heartbeat_age(&self, node: &str) -> Option<Duration> {
+        observed_age(
+            self.heartbeats.age(node),
+            lock(&self.heartbeats_observed_since).elapsed(),
+        )
+    }
+
+    /// A gap in observation (a watch failed or re-listed, leadership was regained): heartbeat
+    /// clocks restart as if this process had just started.
+    fn restart_heartbeat_clocks(&self) {
+        *lock(&self.heartbeats_observed_since) = Instant::now();
+    }
+}
+
+/// A heartbeat age as observed: never longer than the span observed without a gap. After a
+/// gap a node gets a whole timeout to show a renewal before it counts as dead.
+fn observed_age(age: Option<Duration>, observing_for: Duration) -> Option<Duration> {
+    age.map(|a| a.min(observing_for))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -232,6 +261,7 @@ pub async fn run(
         settings,
         targeted,
         dirty_nodes: Mutex::new(HashSet::new()),
+        heartbeats_observed_since: Mutex::new(Instant::now()),
     });
 
     // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
@@ -252,18 +282,39 @@ pub async fn run(
                         changed.notify_one();
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "node watch error; retrying"),
+                Err(e) => {
+                    dirty.restart_heartbeat_clocks();
+                    tracing::warn!(error = %e, "node watch error; retrying");
+                }
             }
             futures::future::ready(())
         }));
     }
     tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
-    tasks.spawn(lease_stream.for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "holder lease watch error; retrying");
-        }
-    }));
-    tasks.spawn(heartbeats.clone().run(client.clone(), changed.clone()));
+    {
+        let gap = ctx.clone();
+        tasks.spawn(lease_stream.for_each(move |r| {
+            if let Err(e) = r {
+                gap.restart_heartbeat_clocks();
+                tracing::warn!(error = %e, "holder lease watch error; retrying");
+            }
+            futures::future::ready(())
+        }));
+    }
+    // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
+    // apiserver restart), after which unchanged heartbeats must not look stale.
+    let heartbeats_synced = Arc::new(Notify::new());
+    tasks.spawn(heartbeats.clone().run(client.clone(), heartbeats_synced.clone()));
+    {
+        let (ctx, changed) = (ctx.clone(), changed.clone());
+        tasks.spawn(async move {
+            loop {
+                heartbeats_synced.notified().await;
+                ctx.restart_heartbeat_clocks();
+                changed.notify_one();
+            }
+        });
+    }
     tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
     tasks.spawn(forward_changes(ctx.clone(), changed.clone(), trigger_tx.clone()));
     tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
@@ -382,7 +433,7 @@ async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
         let mut any = false;
         for node in ctx.nodes.state() {
             let name = node.name_any();
-            let Some(age) = ctx.heartbeats.age(&name) else { continue };
+            let Some(age) = ctx.heartbeat_age(&name) else { continue };
             let relevant = || per_node.get(&name).into_iter().flatten().chain(everywhere.iter());
             let crossed = relevant().filter(|t| age > **t).count();
             if let Some(due) = relevant().filter_map(|t| t.checked_sub(age)).min() {
@@ -466,6 +517,9 @@ async fn watch_leadership(ctx: Arc<Context>, mut tx: futures::channel::mpsc::Sen
             .store(false, std::sync::atomic::Ordering::SeqCst);
         if leader {
             tracing::info!("leading: reading EC2 before acting");
+            // Like its EC2 view, a new leader's heartbeat verdicts start from what it observes
+            // now: the API outage that cost the leadership may have hidden renewals.
+            ctx.restart_heartbeat_clocks();
             ctx.monitor_wake.notify_one();
         } else {
             tracing::info!("not leading: no decisions, no EC2 mutations");
@@ -657,6 +711,8 @@ async fn reconcile(obj: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Req
 struct Resolved {
     policy: Policy,
     monitor_interval: Duration,
+    /// How long a mutation may take to become visible in DescribeAddresses.
+    confirm_timeout: Duration,
     heartbeat_timeout: Duration,
     probe: Option<(u16, Option<String>, Duration, Duration, u32, u32)>,
     device_index: i32,
@@ -721,6 +777,11 @@ fn resolve(f: &FloatingElasticIP, now: Timestamp) -> Resolved {
     };
     Resolved {
         policy,
+        confirm_timeout: s
+            .monitor
+            .as_ref()
+            .and_then(|m| d(m.timeout))
+            .unwrap_or(DEFAULT_CONFIRM_TIMEOUT),
         monitor_interval: s
             .monitor
             .as_ref()
@@ -919,7 +980,7 @@ fn gather_candidate(
         None => unknown = Some("node has no Ready condition".into()),
     }
     if dead.is_none()
-        && let Some(age) = ctx.heartbeats.age(&listed.node)
+        && let Some(age) = ctx.heartbeat_age(&listed.node)
         && age > r.heartbeat_timeout
     {
         dead = Some(format!(
@@ -1057,6 +1118,17 @@ fn observe_address(
 }
 
 async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    // Until this leader's first EC2 read the address is unknown: nothing would be decided,
+    // and publishing "EC2 unknown" would write every status twice per restart or leadership
+    // change (2,000 writes at 1,000 addresses). That read reconciles everything.
+    if f.status.is_some()
+        && !ctx
+            .fresh_since_leadership
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        ctx.monitor_wake.notify_one();
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
     let now = Timestamp::now();
     let k = key(&f);
     let r = resolve(&f, now);
@@ -1283,7 +1355,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                     )
                     .await
                 {
-                    Ok(_) => match confirm(&ctx, &allocation, &target.network_interface_id).await {
+                    Ok(_) => match confirm(&ctx, &allocation, &target.network_interface_id, r.confirm_timeout).await {
                         Ok(info) => {
                             current = Some(info.clone());
                             lock(&ctx.view).addresses.insert(info.clone());
@@ -1421,12 +1493,18 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
     }
     let mut last_failover = status.last_failover.clone();
     let mut failover_count = status.failover_count;
+    // A completed failover stays pending until the status recording it is written: if that
+    // write fails, the next pass records it again instead of losing it.
+    let mut settle_pending = false;
     if holder_on_target {
+        settle_pending = true;
         let pending = lock(&ctx.runtime)
-            .get_mut(&k)
-            .and_then(|rt| rt.pending.take())
+            .get(&k)
+            .and_then(|rt| rt.pending.clone())
             .or_else(|| pending_from_lease(lease.as_deref(), holder_confirmed));
-        if let Some(p) = pending.filter(|p| Some(&p.to) == lease_holder.as_ref()) {
+        if let Some(p) = pending.filter(|p| {
+            Some(&p.to) == lease_holder.as_ref() && !already_recorded(&status, p)
+        }) {
             // Completion is now (after the confirming Describe), not the start of this pass.
             let completed = Timestamp::now();
             let duration = completed.duration_since(p.detected_at).unsigned_abs();
@@ -1508,6 +1586,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
         now,
     });
     patch_status(&ctx, &f, new_status).await?;
+    if settle_pending && let Some(rt) = lock(&ctx.runtime).get_mut(&k) {
+        rt.pending = None;
+    }
 
     // 5. When to look again.
     let soon = Duration::from_millis(200);
@@ -1562,6 +1643,16 @@ fn static_reason(reason: &str) -> &'static str {
     "Other"
 }
 
+/// The status already records this failover (a pass whose Lease confirmation failed wrote
+/// it; the Lease still carries it). Status times have whole-second precision.
+fn already_recorded(status: &FloatingElasticIPStatus, p: &PendingFailover) -> bool {
+    status.last_failover.as_ref().is_some_and(|l| {
+        l.to == p.to
+            && l.from == p.from
+            && l.detected_at.as_ref().map(|t| t.0.as_second()) == Some(p.detected_at.as_second())
+    })
+}
+
 /// An unfinished failover recorded on the Lease by a previous leader (or before a restart).
 fn pending_from_lease(lease: Option<&Lease>, confirmed: bool) -> Option<PendingFailover> {
     let lease = lease.filter(|_| !confirmed)?;
@@ -1575,9 +1666,9 @@ fn pending_from_lease(lease: Option<&Lease>, confirmed: bool) -> Option<PendingF
 }
 
 /// Confirms a mutation with DescribeAddresses and backoff (EC2 is eventually consistent).
-async fn confirm(ctx: &Context, allocation_id: &str, eni: &str) -> Result<AddressInfo, Ec2Error> {
+async fn confirm(ctx: &Context, allocation_id: &str, eni: &str, timeout: Duration) -> Result<AddressInfo, Ec2Error> {
     let mut wait = Duration::from_millis(50);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + timeout;
     loop {
         let snap = ctx
             .ec2
@@ -1591,7 +1682,7 @@ async fn confirm(ctx: &Context, allocation_id: &str, eni: &str) -> Result<Addres
         if Instant::now() > deadline {
             return Err(Ec2Error::Unknown {
                 operation: "DescribeAddresses",
-                reason: "association not visible after 10s".into(),
+                reason: format!("association not visible after {timeout:?}"),
                 throttled: false,
             });
         }

@@ -215,7 +215,9 @@ pub struct Monitor {
     #[schemars(schema_with = "duration_schema")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('1h')").message("monitor.interval must be between 1s and 1h"))]
     pub interval: Option<Duration>,
-    /// Per-call timeout of EC2 requests for this address. Default 5s.
+    /// How long after an AssociateAddress the change may take to show in DescribeAddresses
+    /// (EC2 is eventually consistent) before the outcome counts as unknown and is retried.
+    /// Default 5s. (The timeout of each EC2 request is the controller's `--ec2-timeout`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "duration_schema")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('60s')").message("monitor.timeout must be between 100ms and 60s"))]

@@ -211,7 +211,7 @@ impl Metrics {
         }
     }
 
-    /// A completed failover: `reason` is one of a small fixed set (e.g. "holder-unhealthy",
+    /// A completed failover: `reason` is one of a small fixed set (the decision core's change reasons, e.g. "HolderDead",
     /// "drift", "standby"); `duration` is detection to confirmed association.
     pub fn failover(&self, reason: &'static str, duration: Duration) {
         self.failovers.get_or_create(&ReasonLabels { reason }).inc();
@@ -248,7 +248,7 @@ impl Metrics {
         self.reconcile_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// A reconcile that failed; `kind` is a small fixed set (e.g. "kube", "ec2", "invalid").
+    /// A reconcile that failed; `kind` is a small fixed set ("kube", "blocked", "finalizer", "other").
     pub fn reconcile_error(&self, kind: &'static str) {
         self.reconcile_errors
             .get_or_create(&KindLabels { kind })
