@@ -9,5 +9,6 @@ hack/install-tools.sh
 # Integration tests start their own control planes and moto; give them the cores they need.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
 cargo test --locked --features testenv --all-targets "$@"
+target/debug/feip-bench --smoke  # the benchmark harness at a tiny size (docs/benchmarks.md)
 # The one-command demo, non-interactively: a real failover end to end with the real binary.
 target/debug/feip-demo --non-interactive

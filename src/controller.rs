@@ -116,6 +116,18 @@ struct Ec2View {
     instances: BTreeMap<String, InstanceInfo>,
     instances_covered: HashSet<String>,
     instances_error: Option<String>,
+    /// Addresses this process changed (confirmed) and when: newer than a DescribeAddresses
+    /// that was already in flight, whose stale answer must not read as drift.
+    written: HashMap<String, Instant>,
+}
+
+impl Ec2View {
+    /// Records a confirmed change made by this process.
+    fn record(&mut self, info: AddressInfo) {
+        self.written
+            .insert(info.allocation_id.clone(), Instant::now());
+        self.addresses.insert(info);
+    }
 }
 
 /// In-memory state per address that does not need to survive a restart.
@@ -316,7 +328,11 @@ pub async fn run(
         });
     }
     tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
-    tasks.spawn(forward_changes(ctx.clone(), changed.clone(), trigger_tx.clone()));
+    tasks.spawn(forward_changes(
+        ctx.clone(),
+        changed.clone(),
+        trigger_tx.clone(),
+    ));
     tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
     {
         let (nodes, leases, feips, heartbeats) = (
@@ -434,7 +450,13 @@ async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
         for node in ctx.nodes.state() {
             let name = node.name_any();
             let Some(age) = ctx.heartbeat_age(&name) else { continue };
-            let relevant = || per_node.get(&name).into_iter().flatten().chain(everywhere.iter());
+            let relevant = || {
+                per_node
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .chain(everywhere.iter())
+            };
             let crossed = relevant().filter(|t| age > **t).count();
             if let Some(due) = relevant().filter_map(|t| t.checked_sub(age)).min() {
                 pause = pause.min(due + Duration::from_millis(1));
@@ -500,7 +522,11 @@ fn reconcile_addresses(ctx: &Context, keys: &HashSet<String>) {
         return;
     }
     for f in ctx.feips.state() {
-        let hit = f.spec.allocation_id.as_ref().is_some_and(|a| keys.contains(a))
+        let hit = f
+            .spec
+            .allocation_id
+            .as_ref()
+            .is_some_and(|a| keys.contains(a))
             || f.spec.public_ip.as_ref().is_some_and(|p| keys.contains(p));
         if hit {
             let _ = ctx.targeted.unbounded_send(ObjectRef::from_obj(&*f));
@@ -614,7 +640,20 @@ async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<
             everything |= addresses.is_err() || instances.is_err();
             everything |= instances.as_ref().is_ok_and(|m| *m != view.instances);
             match addresses {
-                Ok(snapshot) => {
+                Ok(mut snapshot) => {
+                    // What this process confirmed after the read started is newer than the
+                    // read: keep it (a stale answer would look like drift and move the address
+                    // again).
+                    let newer: Vec<AddressInfo> = view
+                        .written
+                        .iter()
+                        .filter(|(_, at)| **at >= started)
+                        .filter_map(|(id, _)| view.addresses.by_allocation.get(id).cloned())
+                        .collect();
+                    for a in newer {
+                        snapshot.insert(a);
+                    }
+                    view.written.retain(|_, at| *at >= started);
                     for (id, a) in &snapshot.by_allocation {
                         if view.addresses.by_allocation.get(id) != Some(a) {
                             changed_keys.insert(id.clone());
@@ -929,9 +968,14 @@ fn gather_candidate(
     let unresolvable = match (provider, &instance_id, &instance) {
         (None, _, _) => Some("node has no spec.providerID".to_string()),
         (Some(p), None, _) => Some(format!("providerID {p:?} is not an AWS instance")),
-        (_, Some(id), None) if instances_covered => Some(format!(
-            "instance {id} not found in EC2 (wrong account or region?)"
-        )),
+        (Some(p), Some(id), None) if instances_covered => Some(
+            match zone_outside_region(p, ctx.ec2.sdk().config().region().map(|r| r.as_ref())) {
+                Some((zone, region)) => format!(
+                    "instance {id} is in {zone}, outside this controller's region {region}"
+                ),
+                None => format!("instance {id} not found in EC2 (wrong account or region?)"),
+            },
+        ),
         (_, Some(_), None) => None, // not looked up yet or EC2 unknown: target stays unresolved
         (_, Some(_), Some(inst)) => match inst.interface(r.device_index) {
             None => Some(format!(
@@ -1118,14 +1162,16 @@ fn observe_address(
 }
 
 async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    // Until this leader's first EC2 read the address is unknown: nothing would be decided,
-    // and publishing "EC2 unknown" would write every status twice per restart or leadership
-    // change (2,000 writes at 1,000 addresses). That read reconciles everything.
-    if f.status.is_some()
-        && !ctx
-            .fresh_since_leadership
-            .load(std::sync::atomic::Ordering::SeqCst)
-    {
+    // Until EC2 has been read for this address (by this leader) nothing would be decided,
+    // and publishing "EC2 unknown" for a moment would write every status twice per restart or
+    // leadership change (2,000 writes at 1,000 addresses): wait for the read, which the woken
+    // monitor makes and which reconciles the address. (When EC2 cannot be read, the reconcile
+    // goes on and reports that instead.)
+    let read_pending = !ctx
+        .fresh_since_leadership
+        .load(std::sync::atomic::Ordering::SeqCst)
+        || matches!(observe_address(&ctx, &f), Err((false, reason)) if reason == "not looked up yet");
+    if f.status.is_some() && read_pending && lock(&ctx.view).addresses_error.is_none() {
         ctx.monitor_wake.notify_one();
         return Ok(Requeue::requeue(Duration::from_millis(200)));
     }
@@ -1199,9 +1245,32 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
         }
     };
 
+    // Several objects naming one Elastic IP: only the oldest manages it; the others report
+    // the conflict and never write a holder Lease or call EC2 (ownership between tenants).
+    // This object's address is the one just observed (a public IP resolved to its allocation).
+    let observed_allocation = address_info.as_ref().map(|a| a.allocation_id.as_str());
+    if let Some(owner) = conflicting_owner(&ctx, &f, observed_allocation) {
+        let new_status = conflict_status(&f, &owner, now);
+        let first_report = status
+            .conditions
+            .iter()
+            .all(|c| !(c.type_ == "Degraded" && c.reason == "AddressConflict"));
+        let message = new_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        patch_status(&ctx, &f, new_status).await?;
+        if first_report {
+            publish(&ctx, &f, EventType::Warning, "AddressConflict", message).await;
+        }
+        return Ok(Requeue::requeue(r.monitor_interval));
+    }
+
     // Candidates.
     let listed = listed_candidates(&f, &ctx.nodes);
-    let gathered: Vec<Gathered> = {
+    let mut gathered: Vec<Gathered> = {
         let mut rt = lock(&ctx.runtime);
         let rt = rt.entry(k.clone()).or_default();
         listed
@@ -1209,13 +1278,42 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             .map(|l| gather_candidate(&ctx, &r, l, rt, now))
             .collect()
     };
+    // Candidates in another VPC than the address's network are not eligible.
+    {
+        let mut order: Vec<usize> = (0..gathered.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(gathered[i].view.priority));
+        let placed: Vec<(String, Option<String>, Option<String>)> = {
+            let v = lock(&ctx.view);
+            order
+                .iter()
+                .map(|&i| {
+                    let g = &gathered[i];
+                    let vpc = g
+                        .instance_id
+                        .as_ref()
+                        .and_then(|id| v.instances.get(id))
+                        .and_then(|inst| inst.vpc_id.clone());
+                    let eni = g.view.target.as_ref().map(|t| t.network_interface_id.clone());
+                    (g.view.node.clone(), vpc, eni)
+                })
+                .collect()
+        };
+        let on = address_info
+            .as_ref()
+            .and_then(|a| a.network_interface_id.as_deref());
+        for (node, reason) in vpc_mismatches(&placed, on) {
+            if let Some(g) = gathered.iter_mut().find(|g| g.view.node == node)
+                && g.view.eligibility == Eligibility::Eligible
+            {
+                g.view.eligibility = Eligibility::Unresolvable { reason };
+            }
+        }
+    }
     // A probe started moments ago (this replica just started or became leader, a new
     // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile) instead of
     // publishing a transient "health unknown" status and writing the status twice (2,000
     // status writes per restart at 1,000 addresses). Unknown health never moves an address.
-    if gathered.iter().any(|g| g.probe_pending)
-        && cleanup_done == status.last_cleanup_request_id
-    {
+    if gathered.iter().any(|g| g.probe_pending) && cleanup_done == status.last_cleanup_request_id {
         return Ok(Requeue::requeue(Duration::from_millis(250)));
     }
 
@@ -1316,20 +1414,17 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             );
             // detected_at at full precision (status times are whole seconds): feip-bench reads it.
             tracing::info!(feip = %k, %msg, %detected_at, "holder change");
-            publish(
-                &ctx,
-                &f,
-                EventType::Normal,
-                if change.is_failover() {
-                    "Failover"
-                } else if change.to.is_none() {
-                    "HolderReleased"
-                } else {
-                    "HolderElected"
-                },
-                msg,
-            )
-            .await;
+            let reason = if change.is_failover() {
+                "Failover"
+            } else if change.to.is_none() {
+                "HolderReleased"
+            } else {
+                "HolderElected"
+            };
+            // Published alongside, not before, the EC2 action: an Event write is not part of
+            // the decision (the Lease is) and took 10-30 ms of every failover.
+            let (ctx, f) = (ctx.clone(), f.clone());
+            tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
         } else if lease.is_none() && !r.policy.stopped {
             write_lease(&ctx, &f, None, holder.as_deref(), 0, false, "Created", None, &r).await?;
         }
@@ -1346,19 +1441,29 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 if !ctx.leadership.can_mutate() {
                     return Ok(Requeue::await_change());
                 }
-                match ctx
-                    .ec2
-                    .associate(
-                        &allocation,
-                        &target.network_interface_id,
-                        &target.private_ip,
-                    )
-                    .await
+                // After a failed pass (an associate that timed out may still have happened),
+                // look before repeating it: the snapshot may predate it (rule 3).
+                let retrying = lock(&ctx.runtime)
+                    .get(&k)
+                    .is_some_and(|rt| rt.failed_attempts > 0);
+                let result = if retrying
+                    && already_on(&ctx, &allocation, &target.network_interface_id).await
                 {
+                    Ok(String::new())
+                } else {
+                    ctx.ec2
+                        .associate(
+                            &allocation,
+                            &target.network_interface_id,
+                            &target.private_ip,
+                        )
+                        .await
+                };
+                match result {
                     Ok(_) => match confirm(&ctx, &allocation, &target.network_interface_id, r.confirm_timeout).await {
                         Ok(info) => {
                             current = Some(info.clone());
-                            lock(&ctx.view).addresses.insert(info.clone());
+                            lock(&ctx.view).record(info.clone());
                             publish(
                                 &ctx,
                                 &f,
@@ -1411,7 +1516,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                         c.network_interface_id = None;
                         c.private_ip = None;
                         c.instance_id = None;
-                        lock(&ctx.view).addresses.insert(c.clone());
+                        lock(&ctx.view).record(c.clone());
                     }
                     publish(
                         &ctx,
@@ -1643,6 +1748,179 @@ fn static_reason(reason: &str) -> &'static str {
     "Other"
 }
 
+/// The availability zone of an `aws:///<zone>/<instance>` providerID when it is not in
+/// `region` (EC2 only sees instances of its own region): `(zone, region)`.
+fn zone_outside_region(provider_id: &str, region: Option<&str>) -> Option<(String, String)> {
+    let region = region?;
+    let zone = provider_id
+        .strip_prefix("aws://")?
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|z| !z.is_empty() && !z.starts_with("i-"))?;
+    (!zone.starts_with(region)).then(|| (zone.to_string(), region.to_string()))
+}
+
+/// Candidates whose instance is in another VPC than the address's network, with why.
+///
+/// An Elastic IP may legally be moved between the VPCs of a region, but candidates spread
+/// over VPCs are a misconfiguration (a wrong node listed): feip never moves an address into
+/// another network. The address's network is the VPC of the candidate interface it is on;
+/// when it is on none, the VPC most candidates share (ties: the most preferred candidate's).
+/// `candidates` = (node, VPC if known, interface if resolved), most preferred first.
+fn vpc_mismatches(
+    candidates: &[(String, Option<String>, Option<String>)],
+    associated_eni: Option<&str>,
+) -> Vec<(String, String)> {
+    let on = associated_eni.and_then(|eni| {
+        candidates
+            .iter()
+            .find(|(_, vpc, e)| vpc.is_some() && e.as_deref() == Some(eni))
+    });
+    let (reference, why) = match on {
+        Some((node, Some(vpc), _)) => (vpc.clone(), format!("where the address is (on {node})")),
+        _ => {
+            let mut counts: Vec<(&String, usize)> = Vec::new();
+            for vpc in candidates.iter().filter_map(|(_, v, _)| v.as_ref()) {
+                match counts.iter_mut().find(|(v, _)| *v == vpc) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((vpc, 1)),
+                }
+            }
+            // max_by_key keeps the last maximum: iterate in reverse so ties go to the first.
+            let Some((vpc, _)) = counts.iter().rev().max_by_key(|(_, n)| *n) else {
+                return Vec::new();
+            };
+            ((*vpc).clone(), "shared by the other candidates".to_string())
+        }
+    };
+    candidates
+        .iter()
+        .filter_map(|(node, vpc, _)| {
+            let vpc = vpc.as_ref()?;
+            (*vpc != reference).then(|| {
+                (
+                    node.clone(),
+                    format!("instance is in {vpc}, not in the address's network {reference} ({why})"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The address an object names, for conflict detection: its allocation id, resolved from the
+/// public IP through the last DescribeAddresses when the object names an IP.
+fn address_identity(f: &FloatingElasticIP, ip_to_allocation: &HashMap<String, String>) -> Option<String> {
+    match (&f.spec.allocation_id, &f.spec.public_ip) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(ip)) => Some(
+            ip_to_allocation
+                .get(ip)
+                .cloned()
+                .unwrap_or_else(|| format!("publicIp/{ip}")),
+        ),
+        (None, None) => None,
+    }
+}
+
+/// When several objects name the same address, the oldest (creation time, then namespace,
+/// then name) owns it. Returns the owner when it is not `me`; None when `me` owns the
+/// address or nobody else names it.
+fn address_owner<'a>(
+    me: &FloatingElasticIP,
+    all: &'a [Arc<FloatingElasticIP>],
+    identity: impl Fn(&FloatingElasticIP) -> Option<String>,
+) -> Option<&'a Arc<FloatingElasticIP>> {
+    let mine = identity(me)?;
+    let rank = |f: &FloatingElasticIP| {
+        (
+            f.metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(Timestamp::MAX, |t| t.0),
+            f.metadata.namespace.clone().unwrap_or_default(),
+            f.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    let me_rank = rank(me);
+    all.iter()
+        .filter(|o| {
+            (&o.metadata.namespace, &o.metadata.name) != (&me.metadata.namespace, &me.metadata.name)
+        })
+        .filter(|o| identity(o).as_deref() == Some(mine.as_str()))
+        .min_by_key(|o| rank(o))
+        .filter(|o| rank(o) < me_rank)
+}
+
+/// The object that owns the address `f` names, if that is another object. `observed` is the
+/// allocation id `f`'s address was just observed to have, when known.
+fn conflicting_owner(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    observed: Option<&str>,
+) -> Option<Arc<FloatingElasticIP>> {
+    let mut ip_to_allocation: HashMap<String, String> = lock(&ctx.view)
+        .addresses
+        .by_public_ip
+        .iter()
+        .map(|(ip, a)| (ip.clone(), a.allocation_id.clone()))
+        .collect();
+    if let (Some(ip), Some(a)) = (&f.spec.public_ip, observed) {
+        ip_to_allocation.insert(ip.clone(), a.to_string());
+    }
+    let all = ctx.feips.state();
+    address_owner(f, &all, |x| address_identity(x, &ip_to_allocation)).cloned()
+}
+
+/// Status of an object that names an address another (older) object manages.
+fn conflict_status(
+    f: &FloatingElasticIP,
+    owner: &FloatingElasticIP,
+    now: Timestamp,
+) -> FloatingElasticIPStatus {
+    let old = f.status.clone().unwrap_or_default();
+    let address = f
+        .spec
+        .allocation_id
+        .clone()
+        .or_else(|| f.spec.public_ip.clone())
+        .unwrap_or_default();
+    let message = format!(
+        "the Elastic IP {address} is also claimed by FloatingElasticIP {}/{}, created first, which manages it; this object will not touch the address while that one exists",
+        owner.namespace().unwrap_or_default(),
+        owner.name_any()
+    );
+    let condition = |type_: &str, status: &str, reason: &str| Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.clone(),
+        observed_generation: f.metadata.generation,
+        last_transition_time: old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(Time(now), |c| c.last_transition_time.clone()),
+    };
+    FloatingElasticIPStatus {
+        phase: Some(Phase::Error),
+        address: Some(AddressStatus {
+            allocation_id: f.spec.allocation_id.clone(),
+            public_ip: f.spec.public_ip.clone(),
+            ..Default::default()
+        }),
+        conditions: vec![
+            condition("Degraded", "True", "AddressConflict"),
+            condition("Ready", "False", "AddressConflict"),
+        ],
+        observed_generation: f.metadata.generation,
+        failover_count: old.failover_count,
+        last_failover: old.last_failover,
+        last_cleanup_request_id: old.last_cleanup_request_id,
+        ..Default::default()
+    }
+}
+
 /// The status already records this failover (a pass whose Lease confirmation failed wrote
 /// it; the Lease still carries it). Status times have whole-second precision.
 fn already_recorded(status: &FloatingElasticIPStatus, p: &PendingFailover) -> bool {
@@ -1663,6 +1941,21 @@ fn pending_from_lease(lease: Option<&Lease>, confirmed: bool) -> Option<PendingF
         reason: a.get(REASON_ANNOTATION).cloned().unwrap_or_else(|| "HolderDead".into()),
         detected_at: a.get(DETECTED_AT_ANNOTATION)?.parse().ok()?,
     })
+}
+
+/// A fresh DescribeAddresses says the address is on `eni` (false when EC2 does not answer).
+async fn already_on(ctx: &Context, allocation_id: &str, eni: &str) -> bool {
+    match ctx
+        .ec2
+        .describe_addresses(&[allocation_id.to_string()], &[])
+        .await
+    {
+        Ok(snap) => snap
+            .by_allocation
+            .get(allocation_id)
+            .is_some_and(|a| a.network_interface_id.as_deref() == Some(eni)),
+        Err(_) => false,
+    }
 }
 
 /// Confirms a mutation with DescribeAddresses and backoff (EC2 is eventually consistent).
@@ -1899,7 +2192,15 @@ fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
     let degraded: Option<(&str, String)> = if i.address_missing {
         Some((
             "AddressNotFound",
-            "the Elastic IP does not exist in this account and region".into(),
+            match (&i.f.spec.allocation_id, &i.f.spec.public_ip) {
+                (Some(a), _) => format!(
+                    "the Elastic IP {a} does not exist in this account and region"
+                ),
+                (None, Some(ip)) => format!(
+                    "{ip} is not an Elastic IP of this account in this region"
+                ),
+                (None, None) => "the Elastic IP does not exist in this account and region".into(),
+            },
         ))
     } else if let Some(e) = i.action_error.filter(|e| !e.is_unknown()) {
         Some((
@@ -1931,6 +2232,19 @@ fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
             )),
             Finding::HolderHealthUnknown { node, reason } => Some(("HolderHealthUnknown", format!("{node}: {reason}"))),
             _ => None,
+        })
+        // The address is placed, but some candidates could never take it: say which and why
+        // (a misspelt node, no providerID, an instance in another region or VPC).
+        .or_else(|| {
+            let broken: Vec<String> = i
+                .gathered
+                .iter()
+                .filter_map(|g| match &g.view.eligibility {
+                    Eligibility::Unresolvable { reason } => Some(format!("{}: {reason}", g.view.node)),
+                    _ => None,
+                })
+                .collect();
+            (!broken.is_empty()).then(|| ("CandidateUnresolvable", broken.join("; ")))
         })
     };
     match &degraded {
@@ -2083,8 +2397,11 @@ async fn publish(
 async fn cleanup(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let k = key(&f);
     let ns = f.namespace().unwrap_or_default();
+    // An object that lost an address conflict never managed the address: releasing it would
+    // take the owner's address away.
     let retain = f.spec.release_policy == Some(ReleasePolicy::Retain)
-        || f.spec.management == Some(Management::ObserveOnly);
+        || f.spec.management == Some(Management::ObserveOnly)
+        || conflicting_owner(&ctx, &f, None).is_some();
     if !retain {
         let (allocs, ips): (Vec<String>, Vec<String>) = (
             f.spec.allocation_id.iter().cloned().collect(),
@@ -2136,7 +2453,7 @@ async fn cleanup(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue
             released.network_interface_id = None;
             released.private_ip = None;
             released.instance_id = None;
-            lock(&ctx.view).addresses.insert(released);
+            lock(&ctx.view).record(released);
             publish(
                 &ctx,
                 &f,
@@ -2189,4 +2506,135 @@ pub async fn list_all(client: &Client) -> Result<Vec<FloatingElasticIP>, kube::E
         .list(&ListParams::default())
         .await?
         .items)
+}
+
+#[cfg(test)]
+mod reliability_tests {
+    use super::*;
+
+    fn feip(ns: &str, name: &str, created: i64, spec: serde_json::Value) -> Arc<FloatingElasticIP> {
+        let mut f: FloatingElasticIP = serde_json::from_value(serde_json::json!({
+            "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }))
+        .expect("test object");
+        f.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_767_225_600 + created).expect("valid time"),
+        ));
+        Arc::new(f)
+    }
+
+    fn alloc(id: &str) -> serde_json::Value {
+        serde_json::json!({"allocationId": id, "candidates": [{"node": "a"}]})
+    }
+
+    fn owner_of(me: &FloatingElasticIP, all: &[Arc<FloatingElasticIP>]) -> Option<String> {
+        let ips = HashMap::from([("203.0.113.10".to_string(), "eipalloc-1".to_string())]);
+        address_owner(me, all, |f| address_identity(f, &ips))
+            .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+    }
+
+    #[test]
+    fn the_oldest_object_owns_a_shared_address() {
+        let first = feip("a", "web", 0, alloc("eipalloc-1"));
+        let second = feip("a", "web2", 5, alloc("eipalloc-1"));
+        let other_ns = feip("b", "web", 9, alloc("eipalloc-1"));
+        let unrelated = feip("a", "api", -100, alloc("eipalloc-2"));
+        let all = vec![
+            second.clone(),
+            other_ns.clone(),
+            first.clone(),
+            unrelated.clone(),
+        ];
+        assert_eq!(owner_of(&first, &all), None, "the oldest manages it");
+        assert_eq!(owner_of(&second, &all).as_deref(), Some("a/web"));
+        assert_eq!(owner_of(&other_ns, &all).as_deref(), Some("a/web"));
+        assert_eq!(owner_of(&unrelated, &all), None);
+        // The object being reconciled may not be in the cache yet: it still compares.
+        let newest = feip("c", "late", 50, alloc("eipalloc-1"));
+        assert_eq!(owner_of(&newest, &all).as_deref(), Some("a/web"));
+        let oldest = feip("c", "early", -50, alloc("eipalloc-1"));
+        assert_eq!(owner_of(&oldest, &all), None);
+    }
+
+    #[test]
+    fn equal_creation_times_fall_back_to_namespace_and_name() {
+        let x = feip("b", "x", 0, alloc("eipalloc-1"));
+        let y = feip("a", "y", 0, alloc("eipalloc-1"));
+        let z = feip("a", "z", 0, alloc("eipalloc-1"));
+        let all = vec![x.clone(), y.clone(), z.clone()];
+        assert_eq!(owner_of(&x, &all).as_deref(), Some("a/y"));
+        assert_eq!(owner_of(&z, &all).as_deref(), Some("a/y"));
+        assert_eq!(owner_of(&y, &all), None);
+    }
+
+    #[test]
+    fn a_public_ip_conflicts_with_its_allocation_id_once_resolved() {
+        let by_alloc = feip("a", "web", 0, alloc("eipalloc-1"));
+        let by_ip = feip(
+            "b",
+            "web",
+            1,
+            serde_json::json!({"publicIp": "203.0.113.10", "candidates": [{"node": "a"}]}),
+        );
+        let unresolved = feip(
+            "b",
+            "other",
+            2,
+            serde_json::json!({"publicIp": "198.51.100.7", "candidates": [{"node": "a"}]}),
+        );
+        let all = vec![by_alloc.clone(), by_ip.clone(), unresolved.clone()];
+        assert_eq!(owner_of(&by_ip, &all).as_deref(), Some("a/web"));
+        assert_eq!(owner_of(&unresolved, &all), None);
+    }
+
+    #[test]
+    fn zones_outside_the_region_are_named() {
+        let r = Some("ap-northeast-1");
+        assert_eq!(
+            zone_outside_region("aws:///eu-west-1a/i-0abc", r),
+            Some(("eu-west-1a".into(), "ap-northeast-1".into()))
+        );
+        assert_eq!(zone_outside_region("aws:///ap-northeast-1c/i-0abc", r), None);
+        assert_eq!(zone_outside_region("aws://ap-northeast-1a/i-0abc", r), None);
+        assert_eq!(zone_outside_region("aws:///i-0abc", r), None);
+        assert_eq!(zone_outside_region("aws:///eu-west-1a/i-0abc", None), None);
+    }
+
+    #[test]
+    fn candidates_outside_the_address_network_are_found() {
+        let c = |node: &str, vpc: Option<&str>, eni: Option<&str>| {
+            (node.to_string(), vpc.map(str::to_string), eni.map(str::to_string))
+        };
+        let nodes = |m: Vec<(String, String)>| m.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let placed = vec![
+            c("a", Some("vpc-1"), Some("eni-a")),
+            c("b", Some("vpc-2"), Some("eni-b")),
+            c("c", Some("vpc-1"), Some("eni-c")),
+            c("d", None, None),
+        ];
+        // Unassociated: the VPC most candidates share.
+        assert_eq!(nodes(vpc_mismatches(&placed, None)), ["b"]);
+        // On a foreign interface: the same.
+        assert_eq!(nodes(vpc_mismatches(&placed, Some("eni-x"))), ["b"]);
+        // On b: b's VPC is the address's network, whatever the others say.
+        assert_eq!(nodes(vpc_mismatches(&placed, Some("eni-b"))), ["a", "c"]);
+        let why = vpc_mismatches(&placed, Some("eni-a"));
+        assert!(why[0].1.contains("vpc-2") && why[0].1.contains("vpc-1"), "{why:?}");
+        // A tie goes to the most preferred (first) candidate's VPC.
+        let tie = vec![c("x", Some("vpc-9"), None), c("y", Some("vpc-8"), None)];
+        assert_eq!(nodes(vpc_mismatches(&tie, None)), ["y"]);
+        // One VPC, or nothing known: nobody is flagged.
+        assert!(vpc_mismatches(&placed[..1], None).is_empty());
+        assert!(vpc_mismatches(&[c("d", None, None)], None).is_empty());
+    }
+
+    #[test]
+    fn heartbeat_age_is_capped_by_the_observed_span() {
+        let s = Duration::from_secs;
+        assert_eq!(observed_age(Some(s(50)), s(3)), Some(s(3)));
+        assert_eq!(observed_age(Some(s(2)), s(300)), Some(s(2)));
+        assert_eq!(observed_age(None, s(3)), None);
+    }
 }

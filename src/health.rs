@@ -2,7 +2,7 @@
 //! change), and active TCP/HTTP probes of a node's InternalIP. Both are tri-state: a signal
 //! that cannot be read is "unknown", never "dead".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,6 +139,9 @@ impl Drop for ProbeEntry {
 pub struct Probes {
     entries: Mutex<HashMap<ProbeSpec, ProbeEntry>>,
     changed: Arc<Notify>,
+    /// IPs whose probe changed status since the last `take_changed` (so only the addresses
+    /// with that node as a candidate need a look, not every address).
+    changed_ips: Arc<Mutex<HashSet<IpAddr>>>,
 }
 
 impl Probes {
@@ -146,7 +149,13 @@ impl Probes {
         Self {
             entries: Mutex::new(HashMap::new()),
             changed,
+            changed_ips: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// The IPs whose probe status changed since the last call (drained).
+    pub fn take_changed(&self) -> Vec<IpAddr> {
+        lock(&self.changed_ips).drain().collect()
     }
 
     /// The current state of `spec`, starting its probe task on first use.
@@ -162,7 +171,12 @@ impl Probes {
             since: now,
             since_wall: jiff::Timestamp::now(),
         }));
-        let task = tokio::spawn(run_probe(spec.clone(), state.clone(), self.changed.clone()));
+        let task = tokio::spawn(run_probe(
+            spec.clone(),
+            state.clone(),
+            self.changed.clone(),
+            self.changed_ips.clone(),
+        ));
         entries.insert(
             spec.clone(),
             ProbeEntry {
@@ -197,7 +211,12 @@ enum Attempt {
     Inconclusive,
 }
 
-async fn run_probe(spec: ProbeSpec, state: Arc<Mutex<ProbeState>>, changed: Arc<Notify>) {
+async fn run_probe(
+    spec: ProbeSpec,
+    state: Arc<Mutex<ProbeState>>,
+    changed: Arc<Notify>,
+    changed_ips: Arc<Mutex<HashSet<IpAddr>>>,
+) {
     let mut tick = tokio::time::interval(spec.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut failures, mut successes) = (0u32, 0u32);
@@ -230,6 +249,7 @@ async fn run_probe(spec: ProbeSpec, state: Arc<Mutex<ProbeState>>, changed: Arc<
                 since_wall: jiff::Timestamp::now(),
             };
             tracing::info!(ip = %spec.ip, port = spec.port, from = ?current, to = ?next, "probe status changed");
+            lock(&changed_ips).insert(spec.ip);
             changed.notify_one();
         }
     }

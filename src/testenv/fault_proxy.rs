@@ -195,6 +195,21 @@ impl FaultProxy {
         self.lock().log.clone()
     }
 
+    /// Number of requests recorded so far (an index for `requests_since`).
+    pub fn log_len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    /// The requests recorded from index `from` on: cheaper than `requests()` on a long log
+    /// (benchmarks read it repeatedly while thousands of requests accumulate).
+    pub fn requests_since(&self, from: usize) -> Vec<RequestRecord> {
+        self.lock()
+            .log
+            .get(from..)
+            .map(<[RequestRecord]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Number of requests of `action` so far (faulted or not).
     pub fn count(&self, action: &str) -> usize {
         self.lock()

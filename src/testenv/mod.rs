@@ -8,6 +8,8 @@ pub mod ec2;
 pub mod fault_proxy;
 pub mod node_sim;
 pub mod process;
+pub mod scenario;
+pub mod tcp_proxy;
 pub mod tools;
 
 pub use control_plane::ControlPlane;
@@ -16,4 +18,5 @@ pub use ec2::{AZ_A, AZ_C, ElasticIp, Instance, Moto, REGION, ec2_client};
 pub use fault_proxy::{Fault, FaultProxy, FaultRule};
 pub use node_sim::{NodeOptions, SimNode};
 pub use process::wait_for;
+pub use tcp_proxy::TcpProxy;
 pub use tools::{Tools, tools};
