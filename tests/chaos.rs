@@ -70,7 +70,6 @@ async fn failover_events(s: &Scenario, name: &str) -> anyhow::Result<usize> {
 #[derive(Clone, Copy, Debug)]
 enum Restart {
     Apiserver,
-    Etcd,
 }
 
 /// Restarts a part of the scenario's private control plane and waits until it serves again.
@@ -78,7 +77,6 @@ async fn restart(s: &Scenario, kind: Restart) -> anyhow::Result<Duration> {
     let started = Instant::now();
     match kind {
         Restart::Apiserver => s.cp.restart_apiserver().await?,
-        Restart::Etcd => s.cp.restart_etcd().await?,
     }
     Ok(started.elapsed())
 }
@@ -205,12 +203,6 @@ async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
 async fn apiserver_restart_causes_no_failover_and_completes_a_failover_in_flight()
 -> anyhow::Result<()> {
     restart_during_failover(Restart::Apiserver).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_restart_causes_no_failover_and_completes_a_failover_in_flight() -> anyhow::Result<()>
-{
-    restart_during_failover(Restart::Etcd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
