@@ -137,6 +137,9 @@ struct Runtime {
     pending: Option<PendingFailover>,
     failed_attempts: u32,
     blocked: Option<String>,
+    /// Last resolved target per candidate, used while its instance cannot be looked up (Node
+    /// deleted, providerID gone, EC2 not answering): an address on that interface stays ours.
+    known_targets: HashMap<String, Target>,
 }
 
 #[derive(Clone, Debug)]
@@ -173,10 +176,11 @@ pub struct Context {
     targeted: futures::channel::mpsc::UnboundedSender<ObjectRef<FloatingElasticIP>>,
     /// Nodes whose eligibility or heartbeat verdict changed since `forward_changes` last ran.
     dirty_nodes: Mutex<HashSet<String>>,
-    /// Since when this replica has watched heartbeats without a gap: reset when it becomes
-    /// leader, when a kube watch fails and when the heartbeat watch re-lists (a 410 after an
-    /// apiserver restart). Staleness is only counted over observed time (rule 7), so an API
-    /// outage never makes a node look dead (rule 2): see [`Context::heartbeat_age`].
+    /// Since when this replica has watched heartbeats without a gap: reset when a kube watch
+    /// fails and when the heartbeat watch re-lists (a 410 after an apiserver restart); the
+    /// end of an API outage seen by the election loop counts as a gap as well. Staleness is
+    /// only counted over observed time (rule 7), so an API outage never makes a node look dead
+    /// (rule 2): see [`Context::heartbeat_age`].
     heartbeats_observed_since: Mutex<Instant>,
 }
 
@@ -184,14 +188,22 @@ impl Context {
     /// Time since `node`'s heartbeat last changed, counting only the time this replica has
     /// been observing heartbeats without a gap.
     fn heartbeat_age(&self, node: &str) -> Option<Duration> {
+        // The API failing this replica's own requests and then answering again is a gap too:
+        // a write outage (etcd down) keeps watches open but stops every kubelet's renewals.
+        let since_recovery = self
+            .leadership
+            .api_recovered_at()
+            .map_or(Duration::MAX, |at| at.elapsed());
         observed_age(
             self.heartbeats.age(node),
-            lock(&self.heartbeats_observed_since).elapsed(),
+            lock(&self.heartbeats_observed_since)
+                .elapsed()
+                .min(since_recovery),
         )
     }
 
-    /// A gap in observation (a watch failed or re-listed, leadership was regained): heartbeat
-    /// clocks restart as if this process had just started.
+    /// A gap in observation (a watch failed or re-listed): heartbeat clocks restart as if
+    /// this process had just started.
     fn restart_heartbeat_clocks(&self) {
         *lock(&self.heartbeats_observed_since) = Instant::now();
     }
@@ -316,7 +328,11 @@ pub async fn run(
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.
     let heartbeats_synced = Arc::new(Notify::new());
-    tasks.spawn(heartbeats.clone().run(client.clone(), heartbeats_synced.clone()));
+    tasks.spawn(
+        heartbeats
+            .clone()
+            .run(client.clone(), heartbeats_synced.clone()),
+    );
     {
         let (ctx, changed) = (ctx.clone(), changed.clone());
         tasks.spawn(async move {
@@ -396,10 +412,20 @@ fn node_fingerprint(node: &Node) -> u64 {
         }
     }
     if let Some(status) = &node.status {
-        for c in status.conditions.iter().flatten().filter(|c| c.type_ == "Ready") {
+        for c in status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "Ready")
+        {
             c.status.hash(&mut h);
         }
-        for a in status.addresses.iter().flatten().filter(|a| a.type_ == "InternalIP") {
+        for a in status
+            .addresses
+            .iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+        {
             a.address.hash(&mut h);
         }
     }
@@ -449,7 +475,9 @@ async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
         let mut any = false;
         for node in ctx.nodes.state() {
             let name = node.name_any();
-            let Some(age) = ctx.heartbeat_age(&name) else { continue };
+            let Some(age) = ctx.heartbeat_age(&name) else {
+                continue;
+            };
             let relevant = || {
                 per_node
                     .get(&name)
@@ -536,6 +564,7 @@ fn reconcile_addresses(ctx: &Context, keys: &HashSet<String>) {
 
 async fn watch_leadership(ctx: Arc<Context>, mut tx: futures::channel::mpsc::Sender<()>) {
     let mut rx = ctx.leadership.subscribe();
+    let mut led_before = false;
     loop {
         let leader = *rx.borrow_and_update();
         ctx.metrics.set_leader(leader);
@@ -543,9 +572,13 @@ async fn watch_leadership(ctx: Arc<Context>, mut tx: futures::channel::mpsc::Sen
             .store(false, std::sync::atomic::Ordering::SeqCst);
         if leader {
             tracing::info!("leading: reading EC2 before acting");
-            // Like its EC2 view, a new leader's heartbeat verdicts start from what it observes
-            // now: the API outage that cost the leadership may have hidden renewals.
-            ctx.restart_heartbeat_clocks();
+            // Regaining a leadership this replica lost means its own API writes failed for a
+            // while: kubelets' renewals may have failed alike, so heartbeat clocks restart. A
+            // follower taking over keeps its clocks: it watched the silence without a gap.
+            if led_before {
+                ctx.restart_heartbeat_clocks();
+            }
+            led_before = true;
             ctx.monitor_wake.notify_one();
         } else {
             tracing::info!("not leading: no decisions, no EC2 mutations");
@@ -970,9 +1003,9 @@ fn gather_candidate(
         (Some(p), None, _) => Some(format!("providerID {p:?} is not an AWS instance")),
         (Some(p), Some(id), None) if instances_covered => Some(
             match zone_outside_region(p, ctx.ec2.sdk().config().region().map(|r| r.as_ref())) {
-                Some((zone, region)) => format!(
-                    "instance {id} is in {zone}, outside this controller's region {region}"
-                ),
+                Some((zone, region)) => {
+                    format!("instance {id} is in {zone}, outside this controller's region {region}")
+                }
                 None => format!("instance {id} not found in EC2 (wrong account or region?)"),
             },
         ),
@@ -1023,7 +1056,18 @@ fn gather_candidate(
         Some(other) => dead = Some(format!("node Ready={other}")),
         None => unknown = Some("node has no Ready condition".into()),
     }
+    let api_failing = ctx.leadership.api_failing_since().is_some();
     if dead.is_none()
+        && let Some(age) = ctx.heartbeat_age(&listed.node)
+        && age > r.heartbeat_timeout
+        && api_failing
+    {
+        // Kubelets cannot renew through an API that cannot serve this replica either.
+        unknown = Some(format!(
+            "kubelet heartbeat unchanged for {}s while the API is failing this controller's requests",
+            age.as_secs()
+        ));
+    } else if dead.is_none()
         && let Some(age) = ctx.heartbeat_age(&listed.node)
         && age > r.heartbeat_timeout
     {
@@ -1139,8 +1183,14 @@ fn observe_address(
 ) -> Result<Option<AddressInfo>, (bool, String)> {
     // A new leader acts only on EC2 data it read itself: until then the address is unknown,
     // so it decides nothing on EC2's behalf and adopts whatever it then finds (no remap).
-    if !ctx.fresh_since_leadership.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err((false, "no EC2 read yet since this replica became leader".into()));
+    if !ctx
+        .fresh_since_leadership
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err((
+            false,
+            "no EC2 read yet since this replica became leader".into(),
+        ));
     }
     let v = lock(&ctx.view);
     if let Some(e) = &v.addresses_error {
@@ -1173,7 +1223,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
         || matches!(observe_address(&ctx, &f), Err((false, reason)) if reason == "not looked up yet");
     if f.status.is_some() && read_pending && lock(&ctx.view).addresses_error.is_none() {
         ctx.monitor_wake.notify_one();
-        return Ok(Requeue::requeue(Duration::from_millis(200)));
+        // The read triggers the reconcile; the timer is only a safety net (polling every
+        // 200 ms meant 15,000 idle reconciles per restart at 1,000 addresses).
+        return Ok(Requeue::requeue(Duration::from_secs(2)));
     }
     let now = Timestamp::now();
     let k = key(&f);
@@ -1293,7 +1345,11 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                         .as_ref()
                         .and_then(|id| v.instances.get(id))
                         .and_then(|inst| inst.vpc_id.clone());
-                    let eni = g.view.target.as_ref().map(|t| t.network_interface_id.clone());
+                    let eni = g
+                        .view
+                        .target
+                        .as_ref()
+                        .map(|t| t.network_interface_id.clone());
                     (g.view.node.clone(), vpc, eni)
                 })
                 .collect()
@@ -1309,12 +1365,63 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             }
         }
     }
+    // A candidate whose instance cannot be resolved any more (so it is not eligible) keeps its
+    // last resolved target, for ownership only: an address on that interface stays ours. Not
+    // when its instance is known and the interface or private IP no longer fits, and never
+    // for an eligible node (a new instance not looked up yet must not get a stale target).
+    {
+        let instances: HashSet<String> = lock(&ctx.view).instances.keys().cloned().collect();
+        let mut rt = lock(&ctx.runtime);
+        let rt = rt.entry(k.clone()).or_default();
+        for g in gathered.iter_mut() {
+            match &g.view.target {
+                Some(t) => {
+                    rt.known_targets.insert(g.view.node.clone(), t.clone());
+                }
+                None if g.view.eligibility != Eligibility::Eligible
+                    && g.instance_id
+                        .as_ref()
+                        .is_none_or(|id| !instances.contains(id)) =>
+                {
+                    g.view.target = rt.known_targets.get(&g.view.node).cloned();
+                }
+                None => {}
+            }
+        }
+    }
+    // The holder keeps its last known target (from status) when it can no longer be resolved
+    // (its Node object deleted, its providerID gone): the address on that interface is feip's
+    // own association, not a foreign one, and must still be moved off it. (Status survives a
+    // restart or a change of leader; the runtime memory above does not.)
+    if let Some(last) = status.holder.as_ref()
+        && lease
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(last.node.as_str())
+        && let (Some(instance_id), Some(eni), Some(ip)) = (
+            &last.instance_id,
+            &last.network_interface_id,
+            &last.private_ip_address,
+        )
+        && let Some(g) = gathered.iter_mut().find(|g| {
+            g.view.node == last.node
+                && g.view.target.is_none()
+                && g.view.eligibility != Eligibility::Eligible
+        })
+    {
+        g.view.target = Some(Target {
+            instance_id: instance_id.clone(),
+            network_interface_id: eni.clone(),
+            private_ip: ip.clone(),
+        });
+    }
     // A probe started moments ago (this replica just started or became leader, a new
     // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile) instead of
     // publishing a transient "health unknown" status and writing the status twice (2,000
     // status writes per restart at 1,000 addresses). Unknown health never moves an address.
     if gathered.iter().any(|g| g.probe_pending) && cleanup_done == status.last_cleanup_request_id {
-        return Ok(Requeue::requeue(Duration::from_millis(250)));
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
 
     let holder = lease
@@ -1347,7 +1454,10 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             &f,
             EventType::Warning,
             "Drift",
-            format!("address is not on holder {node} ({kind}); failure {count} of {}", r.policy.migration_threshold),
+            format!(
+                "address is not on holder {node} ({kind}); failure {count} of {}",
+                r.policy.migration_threshold
+            ),
         )
         .await;
         if count >= r.policy.migration_threshold {
@@ -1389,7 +1499,11 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                 transitions,
                 false,
                 change.reason.as_str(),
-                change.from.as_deref().filter(|_| change.to.is_some()).map(|from| (from, detected_at)),
+                change
+                    .from
+                    .as_deref()
+                    .filter(|_| change.to.is_some())
+                    .map(|from| (from, detected_at)),
                 &r,
             )
             .await?;
@@ -1426,7 +1540,18 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             let (ctx, f) = (ctx.clone(), f.clone());
             tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
         } else if lease.is_none() && !r.policy.stopped {
-            write_lease(&ctx, &f, None, holder.as_deref(), 0, false, "Created", None, &r).await?;
+            write_lease(
+                &ctx,
+                &f,
+                None,
+                holder.as_deref(),
+                0,
+                false,
+                "Created",
+                None,
+                &r,
+            )
+            .await?;
         }
     }
 
@@ -1460,7 +1585,14 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
                         .await
                 };
                 match result {
-                    Ok(_) => match confirm(&ctx, &allocation, &target.network_interface_id, r.confirm_timeout).await {
+                    Ok(_) => match confirm(
+                        &ctx,
+                        &allocation,
+                        &target.network_interface_id,
+                        r.confirm_timeout,
+                    )
+                    .await
+                    {
                         Ok(info) => {
                             current = Some(info.clone());
                             lock(&ctx.view).record(info.clone());
@@ -1607,9 +1739,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             .get(&k)
             .and_then(|rt| rt.pending.clone())
             .or_else(|| pending_from_lease(lease.as_deref(), holder_confirmed));
-        if let Some(p) = pending.filter(|p| {
-            Some(&p.to) == lease_holder.as_ref() && !already_recorded(&status, p)
-        }) {
+        if let Some(p) = pending
+            .filter(|p| Some(&p.to) == lease_holder.as_ref() && !already_recorded(&status, p))
+        {
             // Completion is now (after the confirming Describe), not the start of this pass.
             let completed = Timestamp::now();
             let duration = completed.duration_since(p.detected_at).unsigned_abs();
@@ -1701,7 +1833,9 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
         // A banned target: move on to the next candidate at once. Other definite errors
         // (a refused disassociate, an unknown allocation) back off like unknown ones.
         Some(e)
-            if !e.is_unknown() && e.blames_target() && matches!(decision.action, Action::Associate { .. }) =>
+            if !e.is_unknown()
+                && e.blames_target()
+                && matches!(decision.action, Action::Associate { .. }) =>
         {
             soon
         }
@@ -1801,7 +1935,9 @@ fn vpc_mismatches(
             (*vpc != reference).then(|| {
                 (
                     node.clone(),
-                    format!("instance is in {vpc}, not in the address's network {reference} ({why})"),
+                    format!(
+                        "instance is in {vpc}, not in the address's network {reference} ({why})"
+                    ),
                 )
             })
         })
@@ -1810,7 +1946,10 @@ fn vpc_mismatches(
 
 /// The address an object names, for conflict detection: its allocation id, resolved from the
 /// public IP through the last DescribeAddresses when the object names an IP.
-fn address_identity(f: &FloatingElasticIP, ip_to_allocation: &HashMap<String, String>) -> Option<String> {
+fn address_identity(
+    f: &FloatingElasticIP,
+    ip_to_allocation: &HashMap<String, String>,
+) -> Option<String> {
     match (&f.spec.allocation_id, &f.spec.public_ip) {
         (Some(a), _) => Some(a.clone()),
         (None, Some(ip)) => Some(
@@ -1938,7 +2077,10 @@ fn pending_from_lease(lease: Option<&Lease>, confirmed: bool) -> Option<PendingF
     Some(PendingFailover {
         from: Some(a.get(FAILOVER_FROM_ANNOTATION)?.clone()),
         to: lease.spec.as_ref()?.holder_identity.clone()?,
-        reason: a.get(REASON_ANNOTATION).cloned().unwrap_or_else(|| "HolderDead".into()),
+        reason: a
+            .get(REASON_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| "HolderDead".into()),
         detected_at: a.get(DETECTED_AT_ANNOTATION)?.parse().ok()?,
     })
 }
@@ -1959,7 +2101,12 @@ async fn already_on(ctx: &Context, allocation_id: &str, eni: &str) -> bool {
 }
 
 /// Confirms a mutation with DescribeAddresses and backoff (EC2 is eventually consistent).
-async fn confirm(ctx: &Context, allocation_id: &str, eni: &str, timeout: Duration) -> Result<AddressInfo, Ec2Error> {
+async fn confirm(
+    ctx: &Context,
+    allocation_id: &str,
+    eni: &str,
+    timeout: Duration,
+) -> Result<AddressInfo, Ec2Error> {
     let mut wait = Duration::from_millis(50);
     let deadline = Instant::now() + timeout;
     loop {
@@ -2038,7 +2185,9 @@ async fn write_lease(
     lease.metadata.owner_references = Some(vec![owner]);
     // An unfinished failover is recorded on the Lease too, so a new leader that completes it
     // still reports it (status.lastFailover, failover count, duration metric).
-    if let (Some((from, detected_at)), Some(annotations)) = (failover, lease.metadata.annotations.as_mut()) {
+    if let (Some((from, detected_at)), Some(annotations)) =
+        (failover, lease.metadata.annotations.as_mut())
+    {
         annotations.insert(FAILOVER_FROM_ANNOTATION.into(), from.to_string());
         annotations.insert(DETECTED_AT_ANNOTATION.into(), detected_at.to_string());
     }
@@ -2193,12 +2342,12 @@ fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         Some((
             "AddressNotFound",
             match (&i.f.spec.allocation_id, &i.f.spec.public_ip) {
-                (Some(a), _) => format!(
-                    "the Elastic IP {a} does not exist in this account and region"
-                ),
-                (None, Some(ip)) => format!(
-                    "{ip} is not an Elastic IP of this account in this region"
-                ),
+                (Some(a), _) => {
+                    format!("the Elastic IP {a} does not exist in this account and region")
+                }
+                (None, Some(ip)) => {
+                    format!("{ip} is not an Elastic IP of this account in this region")
+                }
                 (None, None) => "the Elastic IP does not exist in this account and region".into(),
             },
         ))
@@ -2596,7 +2745,10 @@ mod reliability_tests {
             zone_outside_region("aws:///eu-west-1a/i-0abc", r),
             Some(("eu-west-1a".into(), "ap-northeast-1".into()))
         );
-        assert_eq!(zone_outside_region("aws:///ap-northeast-1c/i-0abc", r), None);
+        assert_eq!(
+            zone_outside_region("aws:///ap-northeast-1c/i-0abc", r),
+            None
+        );
         assert_eq!(zone_outside_region("aws://ap-northeast-1a/i-0abc", r), None);
         assert_eq!(zone_outside_region("aws:///i-0abc", r), None);
         assert_eq!(zone_outside_region("aws:///eu-west-1a/i-0abc", None), None);
@@ -2605,7 +2757,11 @@ mod reliability_tests {
     #[test]
     fn candidates_outside_the_address_network_are_found() {
         let c = |node: &str, vpc: Option<&str>, eni: Option<&str>| {
-            (node.to_string(), vpc.map(str::to_string), eni.map(str::to_string))
+            (
+                node.to_string(),
+                vpc.map(str::to_string),
+                eni.map(str::to_string),
+            )
         };
         let nodes = |m: Vec<(String, String)>| m.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         let placed = vec![
@@ -2621,7 +2777,10 @@ mod reliability_tests {
         // On b: b's VPC is the address's network, whatever the others say.
         assert_eq!(nodes(vpc_mismatches(&placed, Some("eni-b"))), ["a", "c"]);
         let why = vpc_mismatches(&placed, Some("eni-a"));
-        assert!(why[0].1.contains("vpc-2") && why[0].1.contains("vpc-1"), "{why:?}");
+        assert!(
+            why[0].1.contains("vpc-2") && why[0].1.contains("vpc-1"),
+            "{why:?}"
+        );
         // A tie goes to the most preferred (first) candidate's VPC.
         let tie = vec![c("x", Some("vpc-9"), None), c("y", Some("vpc-8"), None)];
         assert_eq!(nodes(vpc_mismatches(&tie, None)), ["y"]);

@@ -44,6 +44,7 @@ pub const STANDBY_LABEL: &str = "feip.io/standby";
     validation = Rule::new("has(self.allocationId) == has(oldSelf.allocationId) && has(self.publicIp) == has(oldSelf.publicIp) && (!has(self.allocationId) || self.allocationId == oldSelf.allocationId) && (!has(self.publicIp) || self.publicIp == oldSelf.publicIp)").message("the Elastic IP of a FloatingElasticIP is immutable: create a new object to manage another address"),
     validation = Rule::new("!has(self.pin) || !has(self.candidates) || self.candidates.exists(c, c.node == self.pin.node)").message("spec.pin.node must be one of spec.candidates"),
     validation = Rule::new("!has(self.pin) || !has(self.bans) || !self.bans.exists(b, b.node == self.pin.node)").message("a node cannot be pinned and banned at the same time"),
+    validation = Rule::new("!has(self.nodeSelector) || !has(self.nodeSelector.matchExpressions) || self.nodeSelector.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0)))").message("spec.nodeSelector.matchExpressions: operator must be In, NotIn, Exists or DoesNotExist; In and NotIn need values, Exists and DoesNotExist take none"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FloatingElasticIPSpec {
@@ -325,7 +326,10 @@ pub enum ReleasePolicy {
 #[serde(rename_all = "camelCase")]
 pub struct Pin {
     /// Node to move the address to and keep it on while that node is healthy.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub node: String,
     /// The pin ends at this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,7 +344,10 @@ pub struct Pin {
 #[serde(rename_all = "camelCase")]
 pub struct Ban {
     /// Node that must not hold the address.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub node: String,
     /// The ban ends at this time; absent = until removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,6 +363,10 @@ pub struct Cleanup {
     pub request_id: String,
     /// Reset only this node's counts; absent = every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub node: Option<String>,
 }
 

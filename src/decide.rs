@@ -2132,4 +2132,368 @@ mod tests {
             Ok(())
         }
     }
+
+    // ---- randomised world sequences: eligibility, refusals, bans, lagged reads, clock ----
+
+    mod world_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name(i: usize) -> String {
+            format!("n{i}")
+        }
+
+        #[derive(Clone, Debug)]
+        enum Ev {
+            Die(usize),
+            Return(usize),
+            HealthUnknown(usize),
+            Standby(usize),
+            Cordon(usize),
+            Unresolvable(usize),
+            /// The node's instance is not looked up yet (no target).
+            Unresolved(usize),
+            Eligible(usize),
+            Ec2Down(bool),
+            /// The next AssociateAddress to this node is definitely refused.
+            Refuse(usize),
+            /// The address moves by itself (to a candidate, off, or foreign); with `true` the
+            /// monitor read of this pass predates the move (EC2 reads lag).
+            Drift(Option<usize>, bool),
+            DriftForeign,
+            Wait(i64),
+            /// The wall clock steps back (NTP): expiries must not misbehave.
+            ClockBack(i64),
+            /// `pcs resource ban` with a lifetime.
+            SpecBan(usize, i64),
+        }
+
+        fn arb_ev() -> impl Strategy<Value = Ev> {
+            prop_oneof![
+                3 => (0usize..5).prop_map(Ev::Die),
+                3 => (0usize..5).prop_map(Ev::Return),
+                2 => (0usize..5).prop_map(Ev::HealthUnknown),
+                1 => (0usize..5).prop_map(Ev::Standby),
+                1 => (0usize..5).prop_map(Ev::Cordon),
+                1 => (0usize..5).prop_map(Ev::Unresolvable),
+                1 => (0usize..5).prop_map(Ev::Unresolved),
+                3 => (0usize..5).prop_map(Ev::Eligible),
+                2 => any::<bool>().prop_map(Ev::Ec2Down),
+                2 => (0usize..5).prop_map(Ev::Refuse),
+                1 => (proptest::option::of(0usize..5), any::<bool>()).prop_map(|(k, l)| Ev::Drift(k, l)),
+                1 => Just(Ev::DriftForeign),
+                2 => (1i64..40).prop_map(Ev::Wait),
+                1 => (1i64..30).prop_map(Ev::ClockBack),
+                1 => (0usize..5, 1i64..60).prop_map(|(k, s)| Ev::SpecBan(k, s)),
+            ]
+        }
+
+        /// Every holder change is justified by definite facts of its input (no change on
+        /// unknowns), with the reason it gives.
+        fn change_justified(i: &Input, ch: &HolderChange) -> Result<(), String> {
+            let Some(h) = ch.from.as_deref() else {
+                return match ch.reason {
+                    ChangeReason::Elected | ChangeReason::Adopted => Ok(()),
+                    r => Err(format!("{r} from no holder")),
+                };
+            };
+            let c = find(i, h);
+            let ok = match ch.reason {
+                ChangeReason::HolderRemoved => c.is_none(),
+                ChangeReason::HolderDead => {
+                    c.is_some_and(|c| matches!(c.health, NodeHealth::Dead { .. }))
+                }
+                ChangeReason::HolderIneligible => {
+                    c.is_some_and(|c| c.eligibility != Eligibility::Eligible)
+                }
+                ChangeReason::HolderBanned => is_banned(i, h),
+                ChangeReason::AssociateFailed => {
+                    failure_ban(i, h).is_some_and(|r| r.kind == FailureKind::AssociateFailed)
+                }
+                ChangeReason::Drift => {
+                    i.holder_confirmed
+                        && !matches!(i.address, AddressObservation::Unknown { .. })
+                        && c.and_then(|c| c.target.as_ref())
+                            .is_some_and(|t| !on_target(&i.address, t))
+                }
+                ChangeReason::Failback => {
+                    i.policy.failback == FailbackPolicy::Immediate
+                        && c.is_some_and(|c| c.health == NodeHealth::Healthy)
+                }
+                ChangeReason::Pinned => active_pin(i).is_some(),
+                ChangeReason::Elected | ChangeReason::Adopted | ChangeReason::Stopped => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} -> {:?} ({}) not justified",
+                    h, ch.to, ch.reason
+                ))
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)] // the generated parameters of one world
+        fn run_world(
+            n: usize,
+            threshold: u32,
+            timeout: Option<u64>,
+            immediate: bool,
+            hold_down: u64,
+            events: &[Ev],
+        ) -> Result<(), TestCaseError> {
+            let mut candidates: Vec<CandidateView> = (0..n).map(|i| node(&name(i), 0)).collect();
+            let mut address: Option<String> = None;
+            let mut ec2_down = false;
+            let mut refuse: Vec<String> = Vec::new();
+            let mut holder: Option<String> = None;
+            let mut confirmed = false;
+            let mut failures = BTreeMap::new();
+            let mut now = ts(0);
+            let mut policy = Policy {
+                failback: if immediate {
+                    FailbackPolicy::Immediate
+                } else {
+                    FailbackPolicy::Never
+                },
+                hold_down: Duration::from_secs(hold_down),
+                migration_threshold: threshold,
+                failure_timeout: timeout.map(Duration::from_secs),
+                ..Policy::default()
+            };
+            // Quiet passes until one changes nothing (a fixpoint): every pending refusal met
+            // and moved away from, every due expiry applied.
+            let quiet: Vec<Ev> = std::iter::once(Ev::Ec2Down(false))
+                .chain(std::iter::repeat_n(Ev::Wait(1), 100))
+                .collect();
+            for (step, ev) in events.iter().chain(quiet.iter()).enumerate() {
+                now += SignedDuration::from_secs(1);
+                let mut lagged: Option<Option<String>> = None;
+                let k_ok = |k: &usize| *k < n;
+                match ev {
+                    Ev::Die(k) if k_ok(k) => {
+                        candidates[*k].health = NodeHealth::Dead {
+                            reason: "probe".into(),
+                        };
+                    }
+                    Ev::Return(k) if k_ok(k) => {
+                        if candidates[*k].health != NodeHealth::Healthy {
+                            candidates[*k].healthy_since = Some(now);
+                        }
+                        candidates[*k].health = NodeHealth::Healthy;
+                    }
+                    Ev::HealthUnknown(k) if k_ok(k) => {
+                        candidates[*k].health = NodeHealth::Unknown {
+                            reason: "timeout".into(),
+                        };
+                        candidates[*k].healthy_since = None;
+                    }
+                    Ev::Standby(k) if k_ok(k) => candidates[*k].eligibility = Eligibility::Standby,
+                    Ev::Cordon(k) if k_ok(k) => candidates[*k].eligibility = Eligibility::Cordoned,
+                    Ev::Unresolvable(k) if k_ok(k) => {
+                        candidates[*k].eligibility = Eligibility::Unresolvable {
+                            reason: "no providerID".into(),
+                        };
+                    }
+                    Ev::Unresolved(k) if k_ok(k) => candidates[*k].target = None,
+                    Ev::Eligible(k) if k_ok(k) => {
+                        candidates[*k].eligibility = Eligibility::Eligible;
+                        candidates[*k].target = Some(target(&name(*k)));
+                    }
+                    Ev::Ec2Down(down) => ec2_down = *down,
+                    Ev::Refuse(k) if k_ok(k) && !refuse.contains(&name(*k)) => {
+                        refuse.push(name(*k))
+                    }
+                    Ev::Drift(to, lag) => {
+                        let before = address.clone();
+                        address = to.filter(|k| *k < n).map(|k| format!("eni-{}", name(k)));
+                        if *lag {
+                            lagged = Some(before);
+                        }
+                    }
+                    Ev::DriftForeign => address = Some("eni-foreign".into()),
+                    Ev::Wait(s) => now += SignedDuration::from_secs(*s),
+                    Ev::ClockBack(s) => now -= SignedDuration::from_secs(*s),
+                    Ev::SpecBan(k, s) if k_ok(k) => {
+                        policy.bans.retain(|(b, _)| *b != name(*k));
+                        policy
+                            .bans
+                            .push((name(*k), Some(now + SignedDuration::from_secs(*s))));
+                    }
+                    _ => {}
+                }
+                let seen = lagged.unwrap_or_else(|| address.clone());
+                let observation = if ec2_down {
+                    ec2_unknown()
+                } else {
+                    match &seen {
+                        None => AddressObservation::Unassociated,
+                        Some(eni) => AddressObservation::Associated {
+                            network_interface_id: eni.clone(),
+                            private_ip: Some(eni.replacen("eni-", "ip-", 1)),
+                            association_id: Some(format!("eipassoc-{step}")),
+                        },
+                    }
+                };
+                let holder_eni = holder.as_ref().map(|h| format!("eni-{h}"));
+                if !ec2_down && holder_eni.is_some() && holder_eni == seen {
+                    confirmed = true;
+                }
+                // Like the controller: a node that is not eligible keeps its last known target
+                // (ownership of its interface); an eligible node's lookup completes within a
+                // pass, so after the events every eligible node is resolved again.
+                if step >= events.len() {
+                    for c in candidates.iter_mut() {
+                        if c.eligibility == Eligibility::Eligible && c.target.is_none() {
+                            c.target = Some(target(&c.node));
+                        }
+                    }
+                }
+                let mut view = candidates.clone();
+                for c in view.iter_mut() {
+                    if c.eligibility != Eligibility::Eligible {
+                        c.target.get_or_insert_with(|| target(&c.node));
+                    }
+                }
+                let input = Input {
+                    now,
+                    policy: policy.clone(),
+                    candidates: view,
+                    holder: holder.clone(),
+                    holder_confirmed: confirmed,
+                    failures: failures.clone(),
+                    address: observation.clone(),
+                };
+                let d = decide(&input);
+
+                // One holder, a candidate; every change justified by definite facts.
+                if let Some(h) = &d.holder {
+                    prop_assert!(find(&input, h).is_some(), "holder {} is not a candidate", h);
+                }
+                if let Some(ch) = &d.change
+                    && let Err(e) = change_justified(&input, ch)
+                {
+                    return Err(TestCaseError::fail(format!("{e}: {input:?}")));
+                }
+                // A failure is only ever counted on a definite, confirmed drift.
+                if let Some((node, kind)) = &d.record_failure {
+                    prop_assert_eq!(*kind, FailureKind::Drift);
+                    prop_assert!(input.holder_confirmed && Some(node) == input.holder.as_ref());
+                    let known = !matches!(observation, AddressObservation::Unknown { .. });
+                    prop_assert!(known, "failure counted while EC2 is unknown");
+                }
+                if let Action::Associate { node, target: t } = &d.action {
+                    prop_assert!(!ec2_down, "associate while EC2 is unknown");
+                    prop_assert_eq!(Some(node), d.holder.as_ref());
+                    let c = find(&input, node).expect("holder is a candidate");
+                    prop_assert_eq!(Some(t), c.target.as_ref());
+                    prop_assert!(
+                        seen.as_deref() != Some("eni-foreign"),
+                        "took a foreign address"
+                    );
+                    // A banned node is only re-associated when nobody else could hold it.
+                    if is_banned(&input, node) {
+                        prop_assert!(
+                            !input
+                                .candidates
+                                .iter()
+                                .any(|o| o.node != *node && eligible_for_election(&input, o)),
+                            "associated to banned {} with an alternative: {:?}",
+                            node,
+                            input
+                        );
+                    }
+                }
+
+                // Apply it as the controller does.
+                if d.holder != holder {
+                    confirmed = false;
+                }
+                holder = d.holder.clone();
+                d.apply_to_failures(&mut failures, now);
+                if let Action::Associate { node, target: t } = &d.action {
+                    if let Some(pos) = refuse.iter().position(|r| r == node) {
+                        refuse.remove(pos);
+                        record_failure(
+                            &mut failures,
+                            node,
+                            now,
+                            FailureKind::AssociateFailed,
+                            "refused",
+                            Some(threshold),
+                        );
+                        let after = Input {
+                            failures: failures.clone(),
+                            ..input.clone()
+                        };
+                        prop_assert!(is_banned(&after, node), "a refused node is banned at once");
+                    } else {
+                        address = Some(t.network_interface_id.clone());
+                    }
+                }
+                // Expired failure records never survive a decision.
+                if let Some(t) = policy.failure_timeout {
+                    for (node, r) in &failures {
+                        prop_assert!(
+                            r.last_failure == now || !elapsed(r.last_failure, t, input.now),
+                            "expired record of {} kept",
+                            node
+                        );
+                    }
+                }
+                let noop = d.change.is_none()
+                    && d.action == Action::None
+                    && d.record_failure.is_none()
+                    && d.expire_failures.is_empty();
+                if step > events.len() && noop {
+                    break;
+                }
+            }
+
+            // Liveness once EC2 answers and nothing is refused: if anybody may hold a
+            // non-foreign address, somebody does, and a live, resolved holder has it.
+            let input = Input {
+                now,
+                policy,
+                candidates: candidates.clone(),
+                holder: holder.clone(),
+                holder_confirmed: confirmed,
+                failures,
+                address: AddressObservation::Unassociated,
+            };
+            let someone = candidates.iter().any(|c| eligible_for_election(&input, c));
+            if someone && refuse.is_empty() && address.as_deref() != Some("eni-foreign") {
+                prop_assert!(holder.is_some(), "nobody holds the address: {:?}", input);
+                let h = holder.as_deref().and_then(|h| find(&input, h));
+                if let Some(h) =
+                    h.filter(|h| !matches!(h.health, NodeHealth::Dead { .. }) && h.target.is_some())
+                {
+                    let want = format!("eni-{}", h.node);
+                    prop_assert_eq!(
+                        address.as_deref(),
+                        Some(want.as_str()),
+                        "address not on the live holder: {:?}",
+                        input
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1500))]
+
+            #[test]
+            fn world_sequences_never_move_on_unknowns_and_stay_live(
+                n in 2usize..5,
+                threshold in 1u32..4,
+                timeout in proptest::option::of(5u64..60),
+                immediate in proptest::bool::weighted(0.3),
+                hold_down in 0u64..20,
+                events in proptest::collection::vec(arb_ev(), 1..80),
+            ) {
+                run_world(n, threshold, timeout, immediate, hold_down, &events)?;
+            }
+        }
+    }
 }

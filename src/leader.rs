@@ -129,6 +129,59 @@ pub struct Leadership {
 struct Inner {
     state: Mutex<LeaderState>,
     changes: watch::Sender<bool>,
+    api: Mutex<ApiReachability>,
+}
+
+/// Whether the apiserver serves this replica's election requests: the election loop talks to
+/// the API every retry period, so it is the controller's cheapest outage detector. While the
+/// API cannot serve this replica (requests failing, or stalled: the apiserver holds writes
+/// while etcd is down), kubelets most likely cannot renew their heartbeats either, so
+/// heartbeat silence over that span proves nothing about the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ApiReachability {
+    /// Start of the oldest election request not answered yet (failed ones included).
+    waiting_since: Option<Instant>,
+    /// A request since `waiting_since` failed outright.
+    failed: bool,
+    /// An unanswered request counts as an outage once it is older than this.
+    slow: Duration,
+    /// When the API answered again after the last outage.
+    recovered_at: Option<Instant>,
+}
+
+impl Default for ApiReachability {
+    fn default() -> Self {
+        Self {
+            waiting_since: None,
+            failed: false,
+            slow: Duration::from_secs(1),
+            recovered_at: None,
+        }
+    }
+}
+
+impl ApiReachability {
+    fn failing_since(&self, now: Instant) -> Option<Instant> {
+        let since = self.waiting_since?;
+        (self.failed || now.saturating_duration_since(since) > self.slow).then_some(since)
+    }
+
+    fn started(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    fn answered(&mut self, now: Instant) {
+        if self.failing_since(now).is_some() {
+            self.recovered_at = Some(now);
+        }
+        self.waiting_since = None;
+        self.failed = false;
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+        self.failed = true;
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +207,7 @@ impl Leadership {
             inner: Arc::new(Inner {
                 state: Mutex::new(LeaderState::default()),
                 changes,
+                api: Mutex::new(ApiReachability::default()),
             }),
         }
     }
@@ -195,6 +249,31 @@ impl Leadership {
     pub fn mutation_deadline(&self) -> Option<Instant> {
         let s = self.state();
         s.mutate_until.filter(|_| s.leader)
+    }
+
+    /// Since when the apiserver has not served this replica's election requests: they failed
+    /// (transport errors, timeouts, 5xx, 429) or have been waiting longer than the slow
+    /// threshold (the retry period, at least 500 ms). `None` while it serves them. Refusals
+    /// such as 403 are answers, not outages.
+    pub fn api_failing_since(&self) -> Option<Instant> {
+        self.api().failing_since(Instant::now())
+    }
+
+    /// When the apiserver last served a request again after an outage; `None` if it never
+    /// failed.
+    pub fn api_recovered_at(&self) -> Option<Instant> {
+        self.api().recovered_at
+    }
+
+    fn api(&self) -> ApiReachability {
+        *self.api_mut()
+    }
+
+    fn api_mut(&self) -> std::sync::MutexGuard<'_, ApiReachability> {
+        self.inner
+            .api
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Follows `is_leader()`; the value changes on every gain and loss of leadership.
@@ -374,6 +453,14 @@ fn released(previous: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     }
 }
 
+/// An error that means the API could not serve the request (as opposed to refusing it).
+fn is_outage(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 409)
 }
@@ -505,7 +592,13 @@ impl Elector {
             Some(at) => (at + self.cfg.renew_deadline).saturating_duration_since(Instant::now()),
             None => self.cfg.renew_deadline,
         };
+        self.leadership.api_mut().started(Instant::now());
         let outcome = tokio::time::timeout(budget, self.attempt()).await;
+        match &outcome {
+            Ok(Ok(_)) => self.leadership.api_mut().answered(Instant::now()),
+            Ok(Err(e)) if !is_outage(e) => self.leadership.api_mut().answered(Instant::now()),
+            Ok(Err(_)) | Err(_) => self.leadership.api_mut().failed(Instant::now()),
+        }
         match outcome {
             Ok(Ok(Attempt::Leading { sent_at })) => {
                 self.last_renew = Some(sent_at);
@@ -608,6 +701,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.validate().context("invalid leader election config")?;
     let _guard = StepDownOnDrop(leadership.clone());
+    leadership.api_mut().slow = cfg.retry_period.max(Duration::from_millis(500));
     let mut elector = Elector {
         api: Api::namespaced(client, &cfg.namespace),
         cfg,
@@ -641,6 +735,58 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn api_reachability_tracks_failed_and_stalled_requests() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut a = ApiReachability::default();
+        assert_eq!((a.failing_since(t0), a.recovered_at), (None, None));
+        // Quick answers are no outage.
+        a.started(t0);
+        assert_eq!(a.failing_since(t0 + Duration::from_millis(900)), None);
+        a.answered(t0 + Duration::from_millis(900));
+        assert_eq!(a.recovered_at, None);
+        // A stalled request is an outage once older than the slow threshold (1 s).
+        a.started(t0 + s(2));
+        assert_eq!(a.failing_since(t0 + s(3)), None);
+        assert_eq!(a.failing_since(t0 + s(4)), Some(t0 + s(2)));
+        a.answered(t0 + s(4));
+        assert_eq!(
+            (a.failing_since(t0 + s(4)), a.recovered_at),
+            (None, Some(t0 + s(4)))
+        );
+        // Failures count at once and from the first one on.
+        a.started(t0 + s(5));
+        a.failed(t0 + s(5));
+        assert_eq!(a.failing_since(t0 + s(5)), Some(t0 + s(5)));
+        a.started(t0 + s(6));
+        a.failed(t0 + s(6));
+        assert_eq!(a.failing_since(t0 + s(6)), Some(t0 + s(5)));
+        a.started(t0 + s(7));
+        a.answered(t0 + s(7));
+        assert_eq!(
+            (a.failing_since(t0 + s(7)), a.recovered_at),
+            (None, Some(t0 + s(7)))
+        );
+    }
+
+    #[test]
+    fn only_unanswered_requests_are_outages() {
+        let status = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(is_outage(&status(500)));
+        assert!(is_outage(&status(503)));
+        assert!(is_outage(&status(429)));
+        assert!(!is_outage(&status(403)));
+        assert!(!is_outage(&status(409)));
+        assert!(!is_outage(&status(404)));
+    }
 
     fn key(holder: Option<&str>, rv: &str) -> RecordKey {
         RecordKey {

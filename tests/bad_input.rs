@@ -40,64 +40,291 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
     // (what, spec, expected message fragment)
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         // The address.
-        ("both address fields", with(serde_json::json!({"publicIp": "203.0.113.10"})), "exactly one of spec.allocationId or spec.publicIp must be set"),
-        ("no address", serde_json::json!({"candidates": cands}), "exactly one of spec.allocationId or spec.publicIp must be set"),
-        ("malformed allocation id", with(serde_json::json!({"allocationId": "alloc-42"})), "spec.allocationId in body should match"),
-        ("allocation id too long", with(serde_json::json!({"allocationId": "eipalloc-0123456789abcdef01"})), "spec.allocationId in body should match"),
-        ("public IP out of range", serde_json::json!({"publicIp": "300.1.2.3", "candidates": cands}), "spec.publicIp must be an IPv4 address"),
-        ("IPv6 public IP", serde_json::json!({"publicIp": "2001:db8::1", "candidates": cands}), "spec.publicIp must be an IPv4 address"),
-        ("public IP too long", serde_json::json!({"publicIp": "203.000.113.0010", "candidates": cands}), "spec.publicIp: Too long"),
+        (
+            "both address fields",
+            with(serde_json::json!({"publicIp": "203.0.113.10"})),
+            "exactly one of spec.allocationId or spec.publicIp must be set",
+        ),
+        (
+            "no address",
+            serde_json::json!({"candidates": cands}),
+            "exactly one of spec.allocationId or spec.publicIp must be set",
+        ),
+        (
+            "malformed allocation id",
+            with(serde_json::json!({"allocationId": "alloc-42"})),
+            "spec.allocationId in body should match",
+        ),
+        (
+            "allocation id too long",
+            with(serde_json::json!({"allocationId": "eipalloc-0123456789abcdef01"})),
+            "spec.allocationId in body should match",
+        ),
+        (
+            "public IP out of range",
+            serde_json::json!({"publicIp": "300.1.2.3", "candidates": cands}),
+            "spec.publicIp must be an IPv4 address",
+        ),
+        (
+            "IPv6 public IP",
+            serde_json::json!({"publicIp": "2001:db8::1", "candidates": cands}),
+            "spec.publicIp must be an IPv4 address",
+        ),
+        (
+            "public IP too long",
+            serde_json::json!({"publicIp": "203.000.113.0010", "candidates": cands}),
+            "spec.publicIp: Too long",
+        ),
         // Candidates.
-        ("no candidate source", serde_json::json!({"allocationId": alloc}), "exactly one candidate source must be set"),
-        ("empty candidates", with(serde_json::json!({"candidates": []})), "exactly one candidate source must be set"),
-        ("both candidate sources", with(serde_json::json!({"nodeSelector": {"matchLabels": {"role": "edge"}}})), "exactly one candidate source must be set"),
-        ("duplicate candidate", with(serde_json::json!({"candidates": [{"node": "node-a"}, {"node": "node-a"}]})), "Duplicate value"),
-        ("node name not a DNS name", with(serde_json::json!({"candidates": [{"node": "Node_A"}]})), "spec.candidates[0].node in body should match"),
-        ("empty node name", with(serde_json::json!({"candidates": [{"node": ""}]})), "spec.candidates[0].node in body should be at least 1 chars long"),
-        ("too many candidates", with(serde_json::json!({"candidates": many})), "spec.candidates: Too many"),
-        ("priority out of range", with(serde_json::json!({"candidates": [{"node": "node-a", "priority": 5000}]})), "spec.candidates[0].priority in body should be less than or equal to 1000"),
-        ("private IP not IPv4", with(serde_json::json!({"candidates": [{"node": "node-a", "privateIpAddress": "10.0.0.999"}]})), "privateIpAddress must be an IPv4 address"),
-        ("device index out of range", with(serde_json::json!({"networkInterface": {"deviceIndex": 32}})), "spec.networkInterface.deviceIndex in body should be less than or equal to 31"),
+        (
+            "no candidate source",
+            serde_json::json!({"allocationId": alloc}),
+            "exactly one candidate source must be set",
+        ),
+        (
+            "empty candidates",
+            with(serde_json::json!({"candidates": []})),
+            "exactly one candidate source must be set",
+        ),
+        (
+            "both candidate sources",
+            with(serde_json::json!({"nodeSelector": {"matchLabels": {"role": "edge"}}})),
+            "exactly one candidate source must be set",
+        ),
+        (
+            "duplicate candidate",
+            with(serde_json::json!({"candidates": [{"node": "node-a"}, {"node": "node-a"}]})),
+            "Duplicate value",
+        ),
+        (
+            "node name not a DNS name",
+            with(serde_json::json!({"candidates": [{"node": "Node_A"}]})),
+            "spec.candidates[0].node in body should match",
+        ),
+        (
+            "empty node name",
+            with(serde_json::json!({"candidates": [{"node": ""}]})),
+            "spec.candidates[0].node in body should be at least 1 chars long",
+        ),
+        (
+            "too many candidates",
+            with(serde_json::json!({"candidates": many})),
+            "spec.candidates: Too many",
+        ),
+        (
+            "priority out of range",
+            with(serde_json::json!({"candidates": [{"node": "node-a", "priority": 5000}]})),
+            "spec.candidates[0].priority in body should be less than or equal to 1000",
+        ),
+        (
+            "private IP not IPv4",
+            with(
+                serde_json::json!({"candidates": [{"node": "node-a", "privateIpAddress": "10.0.0.999"}]}),
+            ),
+            "privateIpAddress must be an IPv4 address",
+        ),
+        (
+            "device index out of range",
+            with(serde_json::json!({"networkInterface": {"deviceIndex": 32}})),
+            "spec.networkInterface.deviceIndex in body should be less than or equal to 31",
+        ),
         // Thresholds and durations.
-        ("zero migration threshold", with(serde_json::json!({"migrationThreshold": 0})), "spec.migrationThreshold in body should be greater than or equal to 1"),
-        ("huge migration threshold", with(serde_json::json!({"migrationThreshold": 1001})), "spec.migrationThreshold in body should be less than or equal to 1000"),
-        ("unparseable duration", with(serde_json::json!({"failureTimeout": "ten minutes"})), "spec.failureTimeout in body should match"),
-        ("negative duration", with(serde_json::json!({"failureTimeout": "-5s"})), "spec.failureTimeout in body should match"),
-        ("failure timeout above a year", with(serde_json::json!({"failureTimeout": "9000h"})), "spec.failureTimeout must be between 0s and 8760h"),
-        ("monitor interval too short", with(serde_json::json!({"monitor": {"interval": "0s"}})), "monitor.interval must be between 1s and 1h"),
-        ("monitor interval too long", with(serde_json::json!({"monitor": {"interval": "2h"}})), "monitor.interval must be between 1s and 1h"),
-        ("monitor timeout too short", with(serde_json::json!({"monitor": {"timeout": "50ms"}})), "monitor.timeout must be between 100ms and 60s"),
-        ("monitor timeout above interval", with(serde_json::json!({"monitor": {"interval": "2s", "timeout": "5s"}})), "monitor.timeout must not exceed monitor.interval"),
-        ("heartbeat timeout too short", with(serde_json::json!({"health": {"heartbeatTimeout": "500ms"}})), "health.heartbeatTimeout must be between 1s and 1h"),
+        (
+            "zero migration threshold",
+            with(serde_json::json!({"migrationThreshold": 0})),
+            "spec.migrationThreshold in body should be greater than or equal to 1",
+        ),
+        (
+            "huge migration threshold",
+            with(serde_json::json!({"migrationThreshold": 1001})),
+            "spec.migrationThreshold in body should be less than or equal to 1000",
+        ),
+        (
+            "unparseable duration",
+            with(serde_json::json!({"failureTimeout": "ten minutes"})),
+            "spec.failureTimeout in body should match",
+        ),
+        (
+            "negative duration",
+            with(serde_json::json!({"failureTimeout": "-5s"})),
+            "spec.failureTimeout in body should match",
+        ),
+        (
+            "failure timeout above a year",
+            with(serde_json::json!({"failureTimeout": "9000h"})),
+            "spec.failureTimeout must be between 0s and 8760h",
+        ),
+        (
+            "monitor interval too short",
+            with(serde_json::json!({"monitor": {"interval": "0s"}})),
+            "monitor.interval must be between 1s and 1h",
+        ),
+        (
+            "monitor interval too long",
+            with(serde_json::json!({"monitor": {"interval": "2h"}})),
+            "monitor.interval must be between 1s and 1h",
+        ),
+        (
+            "monitor timeout too short",
+            with(serde_json::json!({"monitor": {"timeout": "50ms"}})),
+            "monitor.timeout must be between 100ms and 60s",
+        ),
+        (
+            "monitor timeout above interval",
+            with(serde_json::json!({"monitor": {"interval": "2s", "timeout": "5s"}})),
+            "monitor.timeout must not exceed monitor.interval",
+        ),
+        (
+            "heartbeat timeout too short",
+            with(serde_json::json!({"health": {"heartbeatTimeout": "500ms"}})),
+            "health.heartbeatTimeout must be between 1s and 1h",
+        ),
         // Probes.
-        ("unknown probe type", with(serde_json::json!({"health": {"probe": {"type": "ICMP"}}})), "Unsupported value: \"ICMP\""),
-        ("probe path on TCP", with(serde_json::json!({"health": {"probe": {"type": "TCP", "path": "/x"}}})), "probe.path is only valid with type HTTP"),
-        ("probe path not absolute", with(serde_json::json!({"health": {"probe": {"type": "HTTP", "path": "healthz"}}})), "spec.health.probe.path in body should match"),
-        ("probe None with a port", with(serde_json::json!({"health": {"probe": {"type": "None", "port": 80}}})), "a probe of type None takes no port or path"),
-        ("probe port out of range", with(serde_json::json!({"health": {"probe": {"port": 70000}}})), "spec.health.probe.port in body should be less than or equal to 65535"),
-        ("probe period too short", with(serde_json::json!({"health": {"probe": {"period": "50ms"}}})), "probe.period must be between 100ms and 5m"),
-        ("probe timeout above period", with(serde_json::json!({"health": {"probe": {"period": "1s", "timeout": "2s"}}})), "probe.timeout must not exceed probe.period"),
-        ("zero probe failure threshold", with(serde_json::json!({"health": {"probe": {"failureThreshold": 0}}})), "spec.health.probe.failureThreshold in body should be greater than or equal to 1"),
+        (
+            "unknown probe type",
+            with(serde_json::json!({"health": {"probe": {"type": "ICMP"}}})),
+            "Unsupported value: \"ICMP\"",
+        ),
+        (
+            "probe path on TCP",
+            with(serde_json::json!({"health": {"probe": {"type": "TCP", "path": "/x"}}})),
+            "probe.path is only valid with type HTTP",
+        ),
+        (
+            "probe path not absolute",
+            with(serde_json::json!({"health": {"probe": {"type": "HTTP", "path": "healthz"}}})),
+            "spec.health.probe.path in body should match",
+        ),
+        (
+            "probe None with a port",
+            with(serde_json::json!({"health": {"probe": {"type": "None", "port": 80}}})),
+            "a probe of type None takes no port or path",
+        ),
+        (
+            "probe port out of range",
+            with(serde_json::json!({"health": {"probe": {"port": 70000}}})),
+            "spec.health.probe.port in body should be less than or equal to 65535",
+        ),
+        (
+            "probe period too short",
+            with(serde_json::json!({"health": {"probe": {"period": "50ms"}}})),
+            "probe.period must be between 100ms and 5m",
+        ),
+        (
+            "probe timeout above period",
+            with(serde_json::json!({"health": {"probe": {"period": "1s", "timeout": "2s"}}})),
+            "probe.timeout must not exceed probe.period",
+        ),
+        (
+            "zero probe failure threshold",
+            with(serde_json::json!({"health": {"probe": {"failureThreshold": 0}}})),
+            "spec.health.probe.failureThreshold in body should be greater than or equal to 1",
+        ),
         // Policies and operations.
-        ("unknown failback policy", with(serde_json::json!({"failback": {"policy": "Sometimes"}})), "Unsupported value: \"Sometimes\""),
-        ("hold-down without Immediate", with(serde_json::json!({"failback": {"policy": "Never", "holdDown": "30s"}})), "failback.holdDown is only meaningful with policy Immediate"),
-        ("hold-down above a day", with(serde_json::json!({"failback": {"policy": "Immediate", "holdDown": "48h"}})), "failback.holdDown must be between 0s and 24h"),
-        ("unknown target state", with(serde_json::json!({"targetState": "Paused"})), "Unsupported value: \"Paused\""),
-        ("unknown management", with(serde_json::json!({"management": "Off"})), "Unsupported value: \"Off\""),
-        ("unknown release policy", with(serde_json::json!({"releasePolicy": "Delete"})), "Unsupported value: \"Delete\""),
-        ("unknown associate-failure policy", with(serde_json::json!({"onAssociateFailure": "Retry"})), "Unsupported value: \"Retry\""),
-        ("takeover not a boolean", with(serde_json::json!({"allowTakeover": "yes"})), "spec.allowTakeover in body must be of type boolean"),
-        ("pin outside candidates", with(serde_json::json!({"pin": {"node": "node-z"}})), "spec.pin.node must be one of spec.candidates"),
-        ("pinned and banned", with(serde_json::json!({"pin": {"node": "node-a"}, "bans": [{"node": "node-a"}]})), "a node cannot be pinned and banned at the same time"),
-        ("pin expiry not a time", with(serde_json::json!({"pin": {"node": "node-a", "expiresAt": "tomorrow"}})), "spec.pin.expiresAt in body must be of type date-time"),
-        ("duplicate ban", with(serde_json::json!({"bans": [{"node": "node-c"}, {"node": "node-c"}]})), "Duplicate value"),
-        ("empty cleanup request id", with(serde_json::json!({"cleanup": {"requestId": ""}})), "spec.cleanup.requestId in body should be at least 1 chars long"),
+        (
+            "unknown failback policy",
+            with(serde_json::json!({"failback": {"policy": "Sometimes"}})),
+            "Unsupported value: \"Sometimes\"",
+        ),
+        (
+            "hold-down without Immediate",
+            with(serde_json::json!({"failback": {"policy": "Never", "holdDown": "30s"}})),
+            "failback.holdDown is only meaningful with policy Immediate",
+        ),
+        (
+            "hold-down above a day",
+            with(serde_json::json!({"failback": {"policy": "Immediate", "holdDown": "48h"}})),
+            "failback.holdDown must be between 0s and 24h",
+        ),
+        (
+            "unknown target state",
+            with(serde_json::json!({"targetState": "Paused"})),
+            "Unsupported value: \"Paused\"",
+        ),
+        (
+            "unknown management",
+            with(serde_json::json!({"management": "Off"})),
+            "Unsupported value: \"Off\"",
+        ),
+        (
+            "unknown release policy",
+            with(serde_json::json!({"releasePolicy": "Delete"})),
+            "Unsupported value: \"Delete\"",
+        ),
+        (
+            "unknown associate-failure policy",
+            with(serde_json::json!({"onAssociateFailure": "Retry"})),
+            "Unsupported value: \"Retry\"",
+        ),
+        (
+            "takeover not a boolean",
+            with(serde_json::json!({"allowTakeover": "yes"})),
+            "spec.allowTakeover in body must be of type boolean",
+        ),
+        (
+            "pin outside candidates",
+            with(serde_json::json!({"pin": {"node": "node-z"}})),
+            "spec.pin.node must be one of spec.candidates",
+        ),
+        (
+            "pinned and banned",
+            with(serde_json::json!({"pin": {"node": "node-a"}, "bans": [{"node": "node-a"}]})),
+            "a node cannot be pinned and banned at the same time",
+        ),
+        (
+            "pinned node not a DNS name",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchLabels": {"a": "b"}}, "pin": {"node": "Node_A"}}),
+            "spec.pin.node in body should match",
+        ),
+        (
+            "banned node not a DNS name",
+            with(serde_json::json!({"bans": [{"node": "node a"}]})),
+            "spec.bans[0].node in body should match",
+        ),
+        (
+            "cleanup node not a DNS name",
+            with(serde_json::json!({"cleanup": {"requestId": "r1", "node": "NODE-A"}})),
+            "spec.cleanup.node in body should match",
+        ),
+        (
+            "unknown node selector operator",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "role", "operator": "Like", "values": ["edge"]}]}}),
+            "operator must be In, NotIn, Exists or DoesNotExist",
+        ),
+        (
+            "node selector In without values",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "role", "operator": "In"}]}}),
+            "In and NotIn need values",
+        ),
+        (
+            "node selector Exists with values",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "role", "operator": "Exists", "values": ["x"]}]}}),
+            "Exists and DoesNotExist take none",
+        ),
+        (
+            "pin expiry not a time",
+            with(serde_json::json!({"pin": {"node": "node-a", "expiresAt": "tomorrow"}})),
+            "spec.pin.expiresAt in body must be of type date-time",
+        ),
+        (
+            "duplicate ban",
+            with(serde_json::json!({"bans": [{"node": "node-c"}, {"node": "node-c"}]})),
+            "Duplicate value",
+        ),
+        (
+            "empty cleanup request id",
+            with(serde_json::json!({"cleanup": {"requestId": ""}})),
+            "spec.cleanup.requestId in body should be at least 1 chars long",
+        ),
     ];
     assert!(cases.len() >= 25);
     let mut wrong = Vec::new();
     for (i, (what, spec, want)) in cases.iter().enumerate() {
         match api
-            .create(&PostParams::default(), &raw(&format!("bad-{i}"), spec.clone())?)
+            .create(
+                &PostParams::default(),
+                &raw(&format!("bad-{i}"), spec.clone())?,
+            )
             .await
         {
             Ok(_) => wrong.push(format!("{what}: accepted")),
@@ -113,7 +340,10 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
     match api
         .create(
             &PostParams::default(),
-            &raw(&long, serde_json::json!({"allocationId": alloc, "candidates": cands}))?,
+            &raw(
+                &long,
+                serde_json::json!({"allocationId": alloc, "candidates": cands}),
+            )?,
         )
         .await
     {
@@ -122,12 +352,53 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
                 .contains("metadata.name must be at most 63 characters") => {}
         other => wrong.push(format!("64-character name: {other:?}")),
     }
-    assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), cases.len() + 1, wrong.join("\n"));
+    // Controls: the rules above reject only what they name; well-formed neighbours pass.
+    let good: Vec<(&str, serde_json::Value)> = vec![
+        (
+            "every selector operator",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [
+                {"key": "role", "operator": "In", "values": ["edge"]},
+                {"key": "zone", "operator": "NotIn", "values": ["x"]},
+                {"key": "feip", "operator": "Exists"},
+                {"key": "drain", "operator": "DoesNotExist"},
+            ]}}),
+        ),
+        (
+            "dotted node names in pin, ban and cleanup",
+            with(serde_json::json!({
+                "candidates": [{"node": "ip-10-0-1-5.ec2.internal"}, {"node": "node-b"}],
+                "pin": {"node": "ip-10-0-1-5.ec2.internal"},
+                "bans": [{"node": "node-b"}],
+                "cleanup": {"requestId": "r1", "node": "node-b"},
+            })),
+        ),
+    ];
+    for (i, (what, spec)) in good.iter().enumerate() {
+        if let Err(e) = api
+            .create(
+                &PostParams::default(),
+                &raw(&format!("good-{i}"), spec.clone())?,
+            )
+            .await
+        {
+            wrong.push(format!("{what}: rejected: {e}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len() + 1,
+        wrong.join("\n")
+    );
 
     // The address of an existing object cannot be changed (neither swapped nor switched kind).
     api.create(
         &PostParams::default(),
-        &raw("immutable", serde_json::json!({"allocationId": alloc, "candidates": cands}))?,
+        &raw(
+            "immutable",
+            serde_json::json!({"allocationId": alloc, "candidates": cands}),
+        )?,
     )
     .await?;
     for patch in [
@@ -192,7 +463,11 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
 }
 
 /// Creates a Node object as a kubelet would register it, minus what `tweak` removes.
-async fn raw_node(client: &kube::Client, name: &str, provider_id: Option<&str>) -> anyhow::Result<()> {
+async fn raw_node(
+    client: &kube::Client,
+    name: &str,
+    provider_id: Option<&str>,
+) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut spec = serde_json::json!({});
     if let Some(p) = provider_id {
@@ -225,11 +500,26 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
     let no_provider = format!("{ns}-noprovider");
     raw_node(&s.client, &no_provider, None).await?;
     let not_aws = format!("{ns}-gce");
-    raw_node(&s.client, &not_aws, Some("gce://project/europe-west1-b/vm-1")).await?;
+    raw_node(
+        &s.client,
+        &not_aws,
+        Some("gce://project/europe-west1-b/vm-1"),
+    )
+    .await?;
     let other_region = format!("{ns}-eu");
-    raw_node(&s.client, &other_region, Some("aws:///eu-west-1a/i-0123456789abcdef0")).await?;
+    raw_node(
+        &s.client,
+        &other_region,
+        Some("aws:///eu-west-1a/i-0123456789abcdef0"),
+    )
+    .await?;
     let ghost = format!("{ns}-ghost");
-    raw_node(&s.client, &ghost, Some("aws:///ap-northeast-1a/i-0fedcba9876543210")).await?;
+    raw_node(
+        &s.client,
+        &ghost,
+        Some("aws:///ap-northeast-1a/i-0fedcba9876543210"),
+    )
+    .await?;
     let missing = format!("{ns}-missing");
     // A healthy node whose instance lives in another VPC of the same region.
     let ec2 = ec2_client(s.moto.url()).await;
@@ -303,28 +593,55 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
     let mut cases: Vec<(&str, serde_json::Value, &str, String, Phase)> = vec![
         (
             "unknown-allocation",
-            base(both.clone(), serde_json::json!({"allocationId": "eipalloc-00000000deadbeef0"})),
+            base(
+                both.clone(),
+                serde_json::json!({"allocationId": "eipalloc-00000000deadbeef0"}),
+            ),
             "AddressNotFound",
             "eipalloc-00000000deadbeef0 does not exist in this account and region".into(),
             Phase::Error,
         ),
         (
             "unowned-ip",
-            base(both.clone(), serde_json::json!({"publicIp": "198.51.100.77"})),
+            base(
+                both.clone(),
+                serde_json::json!({"publicIp": "198.51.100.77"}),
+            ),
             "AddressNotFound",
             "198.51.100.77 is not an Elastic IP of this account in this region".into(),
             Phase::Error,
         ),
     ];
     for (name, node, fragment) in [
-        ("missing-node", &missing, format!("node {missing} not found")),
-        ("no-provider-id", &no_provider, "node has no spec.providerID".to_string()),
+        (
+            "missing-node",
+            &missing,
+            format!("node {missing} not found"),
+        ),
+        (
+            "no-provider-id",
+            &no_provider,
+            "node has no spec.providerID".to_string(),
+        ),
         ("not-aws", &not_aws, "is not an AWS instance".to_string()),
-        ("other-region", &other_region, "is in eu-west-1a, outside this controller's region ap-northeast-1".to_string()),
-        ("unknown-instance", &ghost, "instance i-0fedcba9876543210 not found in EC2".to_string()),
+        (
+            "other-region",
+            &other_region,
+            "is in eu-west-1a, outside this controller's region ap-northeast-1".to_string(),
+        ),
+        (
+            "unknown-instance",
+            &ghost,
+            "instance i-0fedcba9876543210 not found in EC2".to_string(),
+        ),
     ] {
         let address = fresh().await?;
-        addresses.push(address["allocationId"].as_str().unwrap_or_default().to_string());
+        addresses.push(
+            address["allocationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
         cases.push((
             name,
             base(serde_json::json!([{"node": node}]), address),
@@ -340,7 +657,10 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
     // share another VPC, so it must never get the address; a misspelt node is listed too. The
     // address is placed on node 0 and the broken candidates are reported.
     let partial = fresh().await?;
-    let partial_alloc = partial["allocationId"].as_str().unwrap_or_default().to_string();
+    let partial_alloc = partial["allocationId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     s.create(
         "partly-broken",
         base(
@@ -357,8 +677,13 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
                 degraded_reason(st) == Some(*reason)
             })
             .await?;
-        let c = condition(&st, "Degraded").map(|c| c.message.clone()).unwrap_or_default();
-        assert!(c.contains(fragment.as_str()), "{name}: {c:?} lacks {fragment:?}");
+        let c = condition(&st, "Degraded")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            c.contains(fragment.as_str()),
+            "{name}: {c:?} lacks {fragment:?}"
+        );
         assert_eq!(st.phase, Some(*phase), "{name}: {st:?}");
         assert!(holder(&st).is_none(), "{name} has a holder: {st:?}");
         assert_eq!(
@@ -369,11 +694,15 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
         report.push(format!("{name}: {reason}: {c}"));
     }
     let st = s
-        .wait_status("partly-broken", "placed on node 0, broken candidates reported", |st| {
-            active_on(st, s.node(0)) && degraded_reason(st) == Some("CandidateUnresolvable")
-        })
+        .wait_status(
+            "partly-broken",
+            "placed on node 0, broken candidates reported",
+            |st| active_on(st, s.node(0)) && degraded_reason(st) == Some("CandidateUnresolvable"),
+        )
         .await?;
-    let c = condition(&st, "Degraded").map(|c| c.message.clone()).unwrap_or_default();
+    let c = condition(&st, "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     assert!(
         c.contains(&other_vpc.name) && c.contains(&vpc_id) && c.contains(&missing),
         "{c:?}"

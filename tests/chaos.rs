@@ -23,6 +23,28 @@ use feip::testenv::{
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 
+/// Disassociates the scenario's address behind the controller's back (straight to moto).
+async fn disassociate_externally(s: &Scenario) -> anyhow::Result<()> {
+    let ec2 = ec2_client(s.moto.url()).await;
+    let described = ec2
+        .describe_addresses()
+        .allocation_ids(&s.eip.allocation_id)
+        .send()
+        .await?;
+    let assoc = described
+        .addresses()
+        .first()
+        .and_then(|a| a.association_id())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the address is not associated"))?
+        .to_string();
+    ec2.disassociate_address()
+        .association_id(assoc)
+        .send()
+        .await?;
+    Ok(())
+}
+
 async fn lease_holder(s: &Scenario, name: &str) -> anyhow::Result<(Option<String>, i32)> {
     let spec = s
         .lease(name)
@@ -46,16 +68,20 @@ async fn wait_lease_holder(s: &Scenario, name: &str, node: &str) -> anyhow::Resu
 
 /// Waits until `proxy` has seen an AssociateAddress for `eni` (faulted or not).
 async fn wait_associate_attempt(s: &Scenario, proxy: &FaultProxy, eni: &str) -> anyhow::Result<()> {
-    wait_for(&format!("an AssociateAddress to {eni}"), s.wait, || async move {
-        Ok(proxy
-            .requests()
-            .iter()
-            .any(|r| {
-                r.action == "AssociateAddress"
-                    && r.params.get("NetworkInterfaceId").map(String::as_str) == Some(eni)
-            })
-            .then_some(()))
-    })
+    wait_for(
+        &format!("an AssociateAddress to {eni}"),
+        s.wait,
+        || async move {
+            Ok(proxy
+                .requests()
+                .iter()
+                .any(|r| {
+                    r.action == "AssociateAddress"
+                        && r.params.get("NetworkInterfaceId").map(String::as_str) == Some(eni)
+                })
+                .then_some(()))
+        },
+    )
     .await
 }
 
@@ -67,9 +93,10 @@ async fn failover_events(s: &Scenario, name: &str) -> anyhow::Result<usize> {
         .count())
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Restart {
     Apiserver,
+    Etcd,
 }
 
 /// Restarts a part of the scenario's private control plane and waits until it serves again.
@@ -77,6 +104,9 @@ async fn restart(s: &Scenario, kind: Restart) -> anyhow::Result<Duration> {
     let started = Instant::now();
     match kind {
         Restart::Apiserver => s.cp.restart_apiserver().await?,
+        // Down for 3s: longer than the holder's heartbeat margin (renewal every 1.5s, timeout
+        // 2s), so heartbeat silence alone would call it dead.
+        Restart::Etcd => s.cp.etcd_outage(Duration::from_secs(3)).await?,
     }
     Ok(started.elapsed())
 }
@@ -87,19 +117,43 @@ async fn restart(s: &Scenario, kind: Restart) -> anyhow::Result<Duration> {
 ///    in flight and hanging) is completed afterwards, once, with one holder.
 async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
     let mut s = Scenario::new_private(&format!("chaos-{kind:?}").to_lowercase(), &[]).await?;
-    // The holder renews its heartbeat every 1.5s (within the 2s timeout), the other node
-    // every 300ms: after an outage the other node's renewal is usually seen first, the
-    // holder's up to 1.5s later, like a kubelet between two renewals.
-    s.add_node(AZ_A, |o| o.heartbeat_interval = Duration::from_millis(1500))
+    // Apiserver restart: the holder renews its heartbeat every 1.5s (within the 2s timeout),
+    // the other node every 300ms: after the outage the other node's renewal is usually seen
+    // first, the holder's up to 1.5s later, like a kubelet between two renewals; the watches
+    // break and re-list. Etcd outage: the watches stay open and only writes stop, which the
+    // controller learns from its own election requests stalling or failing. There both nodes
+    // renew every 300ms, and the holder's kubelet comes back 1s after the others (see below).
+    // Either way the heartbeat silence of the outage must not count as node death.
+    let holder_interval = match kind {
+        Restart::Apiserver => Duration::from_millis(1500),
+        Restart::Etcd => Duration::from_millis(300),
+    };
+    s.add_node(AZ_A, |o| o.heartbeat_interval = holder_interval)
         .await?;
     s.add_node(AZ_C, |_| {}).await?;
     s.wait = Duration::from_secs(90);
-    s.run().await?;
+    match kind {
+        Restart::Apiserver => s.run().await?,
+        Restart::Etcd => {
+            // A leadership that outlives the outage (renew deadline 8s): the replica must not
+            // rely on losing and regaining it to notice that nobody could write. What it sees
+            // is its own election requests failing, then answered again.
+            let mut o = s.options("replica-0");
+            o.lease_duration = Duration::from_secs(10);
+            o.renew_deadline = Duration::from_secs(8);
+            o.safety_margin = Duration::from_secs(2);
+            let c = TestController::start(s.client.clone(), &s.proxy.url(), o).await?;
+            wait_ready(&c, s.wait).await?;
+            s.controllers.push(c);
+        }
+    }
     s.create("web", s.spec(serde_json::json!({}))).await?;
     s.wait_association(Some(s.eni(0))).await?;
     s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
         .await?;
     let (_, epoch) = lease_holder(&s, "web").await?;
+    let mut leadership_changes = s.controllers[0].leadership.subscribe();
+    leadership_changes.borrow_and_update();
     // The oldest resourceVersion among this scenario's nodes: a watch resumed from it after
     // the restart is what the controller's watchers do.
     let nodes: Api<Node> = Api::all(s.client.clone());
@@ -108,16 +162,44 @@ async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
         .await?
         .items
         .iter()
-        .filter(|n| n.metadata.name.as_deref().is_some_and(|x| x.starts_with(&s.ns)))
+        .filter(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_some_and(|x| x.starts_with(&s.ns))
+        })
         .filter_map(|n| n.metadata.resource_version.as_deref()?.parse::<u64>().ok())
         .min()
         .unwrap_or_default()
         .to_string();
 
     // 1. Restart with every node healthy.
+    if kind == Restart::Etcd {
+        // The holder's kubelet cannot renew through the outage and is late afterwards (a
+        // kubelet in its retry backoff): 1s after the others, within the 2s timeout counted
+        // from the end of the outage, but long after 2s of silence counted across it.
+        s.nodes[0].pause_heartbeat();
+    }
     let took = restart(&s, kind).await?;
+    if kind == Restart::Etcd {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.nodes[0].resume_heartbeat();
+    }
     let replica = &s.controllers[0];
     wait_leading(replica, s.wait).await?;
+    let kept_leadership = !leadership_changes.has_changed()?;
+    if kind == Restart::Etcd {
+        assert!(
+            kept_leadership,
+            "the etcd outage ({took:?}) outlasted the 8s renew deadline: the test no longer exercises a write outage under a kept leadership"
+        );
+        wait_for(
+            "the replica saw the API stall and recover",
+            s.wait,
+            || async { Ok(replica.leadership.api_recovered_at().map(|_| ())) },
+        )
+        .await?;
+    }
     // A resumed watch from before the restart: does the apiserver answer 410 Gone (the
     // controller's watchers then re-list)?
     let gone = match nodes
@@ -149,10 +231,18 @@ async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
         vec![s.eni(0).to_string()],
         "a {kind:?} restart caused a remap"
     );
-    assert_eq!(lease_holder(&s, "web").await?, (Some(s.node(0).into()), epoch));
+    assert_eq!(
+        lease_holder(&s, "web").await?,
+        (Some(s.node(0).into()), epoch)
+    );
     println!(
-        "{kind:?} restart with healthy nodes: restart took {:.1}s, no failover, no remap; resumed watch from before: {}",
+        "{kind:?} restart with healthy nodes: restart took {:.1}s, no failover, no remap, leadership {}; resumed watch from before: {}",
         took.as_secs_f64(),
+        if kept_leadership {
+            "kept"
+        } else {
+            "lost and regained"
+        },
         if gone { "410 Gone" } else { "resumed" }
     );
 
@@ -184,7 +274,10 @@ async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
         vec![s.eni(0).to_string(), s.eni(1).to_string()],
         "exactly one remap for one failover"
     );
-    assert_eq!(lease_holder(&s, "web").await?, (Some(s.node(1).into()), epoch + 1));
+    assert_eq!(
+        lease_holder(&s, "web").await?,
+        (Some(s.node(1).into()), epoch + 1)
+    );
     assert_eq!(
         s.moto.association(&s.eip.allocation_id).await?.as_deref(),
         Some(s.eni(1))
@@ -203,6 +296,12 @@ async fn restart_during_failover(kind: Restart) -> anyhow::Result<()> {
 async fn apiserver_restart_causes_no_failover_and_completes_a_failover_in_flight()
 -> anyhow::Result<()> {
     restart_during_failover(Restart::Apiserver).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restart_causes_no_failover_and_completes_a_failover_in_flight() -> anyhow::Result<()>
+{
+    restart_during_failover(Restart::Etcd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +343,10 @@ async fn leader_killed_mid_failover_the_new_leader_completes_it_once() -> anyhow
         vec![s.eni(0).to_string(), s.eni(1).to_string()],
         "the new leader completed the failover with exactly one remap"
     );
-    assert_eq!(lease_holder(&s, "web").await?, (Some(s.node(1).into()), epoch + 1));
+    assert_eq!(
+        lease_holder(&s, "web").await?,
+        (Some(s.node(1).into()), epoch + 1)
+    );
     let f = s.api.get("web").await?;
     assert!(
         f.metadata
@@ -259,9 +361,147 @@ async fn leader_killed_mid_failover_the_new_leader_completes_it_once() -> anyhow
         "the failover the old leader started is recorded by the new one: {st:?}"
     );
     assert_eq!(
-        st.last_failover.as_ref().map(|l| (l.from.as_deref(), l.to.as_str())),
+        st.last_failover
+            .as_ref()
+            .map(|l| (l.from.as_deref(), l.to.as_str())),
         Some((Some(s.node(0)), s.node(1)))
     );
+    s.controllers.push(b);
+    Ok(())
+}
+
+/// Samples two replicas' `can_mutate()` every 10 ms (observation, not synchronisation).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, bool, bool)>>,
+}
+
+impl Sampler {
+    fn start(a: &Leadership, b: &Leadership) -> Self {
+        let (a, b) = (a.clone(), b.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !flag.load(Ordering::Relaxed) {
+                tick.tick().await;
+                // `a` on both sides of `b`, so a handover between reads is not a violation.
+                let a1 = a.can_mutate();
+                let bm = b.can_mutate();
+                let a2 = a.can_mutate();
+                samples.push((Instant::now(), a1 && a2, bm));
+            }
+            samples
+        });
+        Self { stop, task }
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<(Instant, bool, bool)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_stops_mutating_before_the_new_leader_starts() -> anyhow::Result<()> {
+    let mut s = Scenario::new("chaos-partition", &[AZ_A, AZ_C]).await?;
+    // Replica a reaches the apiserver through a proxy that can be partitioned; it reaches EC2
+    // through the scenario's fault proxy. Replica b reaches both directly, EC2 through its own
+    // proxy, so each replica's EC2 calls are logged apart.
+    let upstream: std::net::SocketAddr = s.cp.server().trim_start_matches("https://").parse()?;
+    let api_proxy = TcpProxy::start(upstream).await?;
+    let a_client = client_via(s.cp.admin_kubeconfig(), api_proxy.addr()).await?;
+    let a = TestController::start(a_client, &s.proxy.url(), s.options("replica-a")).await?;
+    wait_leading(&a, s.wait).await?;
+    // Drift is repaired in place (threshold 3): replica a has a path to AssociateAddress that
+    // no Lease write precedes, so only its leadership gate can stop it.
+    s.create("web", s.spec(serde_json::json!({"migrationThreshold": 3})))
+        .await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    let b_ec2 = FaultProxy::start(s.moto.url()).await?;
+    let b = TestController::start(s.client.clone(), &b_ec2.url(), s.options("replica-b")).await?;
+    wait_ready(&b, s.wait).await?;
+    let sampler = Sampler::start(&a.leadership, &b.leadership);
+
+    // The partition: a loses the apiserver, keeps EC2. At the same moment the address drifts
+    // (a sees it on its next monitor pass and wants to put it back on node 0) and node 0
+    // dies (b, once leader, moves the address to node 1).
+    let cut_at = Instant::now();
+    api_proxy.pause();
+    disassociate_externally(&s).await?;
+    s.nodes[0].stop();
+
+    wait_leading(&b, s.wait).await?;
+    let b_led_after = cut_at.elapsed();
+    s.wait_association(Some(s.eni(1))).await?;
+    s.wait_status("web", "active on 1", |st| active_on(st, s.node(1)))
+        .await?;
+    assert!(!a.leadership.can_mutate() && !a.leadership.is_leader());
+
+    // The partition heals: whatever a had in flight is delivered now, with its stale view.
+    api_proxy.resume();
+    s.wait_monitor_passes_on(&b_ec2, 4).await?;
+    let st = s
+        .wait_status("web", "still active on 1", |st| active_on(st, s.node(1)))
+        .await?;
+    let samples = sampler.finish().await?;
+
+    assert!(
+        samples.iter().all(|(_, am, bm)| !(*am && *bm)),
+        "both replicas could mutate EC2 at the same time"
+    );
+    let a_last_allowed = samples
+        .iter()
+        .filter(|(_, am, _)| *am)
+        .map(|(at, _, _)| *at)
+        .max();
+    let b_first_allowed = samples
+        .iter()
+        .filter(|(_, _, bm)| *bm)
+        .map(|(at, _, _)| *at)
+        .min()
+        .ok_or_else(|| anyhow::anyhow!("b never led"))?;
+    if let Some(a_last) = a_last_allowed {
+        assert!(a_last < b_first_allowed, "a could still mutate after b led");
+    }
+    let mutating = |p: &FaultProxy| {
+        p.requests()
+            .into_iter()
+            .filter(|r| r.action == "AssociateAddress" || r.action == "DisassociateAddress")
+            .collect::<Vec<_>>()
+    };
+    let a_late: Vec<_> = mutating(&s.proxy)
+        .into_iter()
+        .filter(|r| r.at >= b_first_allowed)
+        .collect();
+    assert!(
+        a_late.is_empty(),
+        "the partitioned replica mutated EC2 after the new leader started: {a_late:?}"
+    );
+    let a_during: Vec<String> = mutating(&s.proxy)
+        .into_iter()
+        .filter(|r| r.at >= cut_at)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        forwarded_associations(&b_ec2, &s.eip.allocation_id),
+        vec![s.eni(1).to_string()],
+        "the new leader moved the address once and never had to take it back"
+    );
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(1))
+    );
+    assert_eq!(st.failover_count, 1, "{st:?}");
+    let drift_seen_by_a = s.event_reasons("web").await?.iter().any(|r| r == "Drift");
+    println!(
+        "partition: b led {:.2}s after the cut; a's EC2 mutations after the cut: {a_during:?}; a reported the drift (delivered after the heal): {drift_seen_by_a}",
+        b_led_after.as_secs_f64()
+    );
+    s.controllers.push(a);
     s.controllers.push(b);
     Ok(())
 }
@@ -295,8 +535,8 @@ async fn hung_ec2_calls_stay_bounded_and_never_wedge_reconciliation() -> anyhow:
     assert_eq!(holder(&st), Some(s.node(0)));
     let first = s.proxy.count("DescribeAddresses");
     s.wait_monitor_passes(3).await?;
-    let describe_gap = hung_from.elapsed().as_secs_f64()
-        / (s.proxy.count("DescribeAddresses") - first + 1) as f64;
+    let describe_gap =
+        hung_from.elapsed().as_secs_f64() / (s.proxy.count("DescribeAddresses") - first + 1) as f64;
     s.proxy.clear_faults();
     let st = s
         .wait_status("web", "recovers", |st| {
@@ -317,8 +557,11 @@ async fn hung_ec2_calls_stay_bounded_and_never_wedge_reconciliation() -> anyhow:
         })
         .await?;
     assert_eq!(holder(&st), Some(s.node(1)));
-    s.patch_spec("other", serde_json::json!({"cleanup": {"requestId": "during-hang"}}))
-        .await?;
+    s.patch_spec(
+        "other",
+        serde_json::json!({"cleanup": {"requestId": "during-hang"}}),
+    )
+    .await?;
     s.wait_status("other", "other reconciled during the hang", |st| {
         st.last_cleanup_request_id.as_deref() == Some("during-hang")
     })
@@ -361,8 +604,7 @@ async fn hung_ec2_calls_stay_bounded_and_never_wedge_reconciliation() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_watch_connections_do_not_flap_and_do_not_stop_reconciling() -> anyhow::Result<()>
-{
+async fn dropped_watch_connections_do_not_flap_and_do_not_stop_reconciling() -> anyhow::Result<()> {
     let mut s = Scenario::new("chaos-watch", &[AZ_A, AZ_C]).await?;
     let upstream: std::net::SocketAddr = s.cp.server().trim_start_matches("https://").parse()?;
     let api_proxy = TcpProxy::start(upstream).await?;
@@ -393,7 +635,10 @@ async fn dropped_watch_connections_do_not_flap_and_do_not_stop_reconciling() -> 
         .wait_status("web", "still active on 0", |st| active_on(st, s.node(0)))
         .await?;
     assert_eq!(st.failover_count, 0, "dropped watches caused a failover");
-    assert_eq!(forwarded_associations(&s.proxy, &s.eip.allocation_id).len(), 1);
+    assert_eq!(
+        forwarded_associations(&s.proxy, &s.eip.allocation_id).len(),
+        1
+    );
 
     // The watches were re-established: a node failure is still seen and handled.
     s.nodes[0].stop();
@@ -413,8 +658,10 @@ async fn heartbeat_and_probe_flapping_faster_than_thresholds_causes_no_ping_pong
     // Dead after 2s without a heartbeat, or after 4 failed probes 500ms apart (2s).
     s.create(
         "web",
-        s.spec(serde_json::json!({"health": {"heartbeatTimeout": "2s", "probe": {
-            "type": "TCP", "period": "500ms", "timeout": "200ms", "failureThreshold": 4}}})),
+        s.spec(
+            serde_json::json!({"health": {"heartbeatTimeout": "2s", "probe": {
+            "type": "TCP", "period": "500ms", "timeout": "200ms", "failureThreshold": 4}}}),
+        ),
     )
     .await?;
     s.wait_association(Some(s.eni(0))).await?;
@@ -436,8 +683,15 @@ async fn heartbeat_and_probe_flapping_faster_than_thresholds_causes_no_ping_pong
         .wait_status("web", "still active on 0", |st| active_on(st, s.node(0)))
         .await?;
     assert_eq!(st.failover_count, 0, "flapping moved the address: {st:?}");
-    assert_eq!(forwarded_associations(&s.proxy, &s.eip.allocation_id).len(), 1, "flapping caused a remap");
-    assert_eq!(lease_holder(&s, "web").await?, (Some(s.node(0).into()), epoch));
+    assert_eq!(
+        forwarded_associations(&s.proxy, &s.eip.allocation_id).len(),
+        1,
+        "flapping caused a remap"
+    );
+    assert_eq!(
+        lease_holder(&s, "web").await?,
+        (Some(s.node(0).into()), epoch)
+    );
     assert_eq!(failover_events(&s, "web").await?, 0);
     assert!(
         condition(&st, "HolderHealthy").is_some_and(|c| c.status == "True"),
@@ -498,5 +752,25 @@ async fn an_associate_whose_answer_is_lost_is_not_repeated() -> anyhow::Result<(
             .and_then(|l| l.duration_seconds)
             .unwrap_or_default()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_node_object_deleted_the_address_moves_on() -> anyhow::Result<()> {
+    let mut s = Scenario::new("chaos-nodegone", &[AZ_A, AZ_C]).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    // The holder's Node object is deleted (kubectl delete node, a scale-down) while its
+    // instance, and the address on its interface, stay: the address must move to node 1,
+    // not be mistaken for somebody else's.
+    s.nodes[0].delete().await?;
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "active on 1", |st| active_on(st, s.node(1)))
+        .await?;
+    assert!(degraded_reason(&st) != Some("ForeignAssociation"), "{st:?}");
     Ok(())
 }

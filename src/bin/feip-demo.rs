@@ -54,7 +54,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn demo(args: &Args) -> anyhow::Result<()> {
-    step("locating the pinned tools (the first run builds the Kubernetes binaries: about 7 min, up to 20)");
+    step(
+        "locating the pinned tools (the first run builds the Kubernetes binaries: about 7 min, up to 20)",
+    );
     let tools = feip::testenv::tools()?;
     step(&format!(
         "starting etcd + kube-apiserver {} (RBAC on) and installing the CRD",

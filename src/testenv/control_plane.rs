@@ -353,6 +353,16 @@ impl ControlPlane {
         self.wait_ready().await
     }
 
+    /// Stops etcd for `down` (a fault of that length: the apiserver stays up, its watches stay
+    /// open, every write stalls or fails), starts it again on the same data directory and
+    /// waits until the apiserver is ready.
+    pub async fn etcd_outage(&self, down: Duration) -> anyhow::Result<()> {
+        lock(&self.etcd).kill();
+        tokio::time::sleep(down).await;
+        lock(&self.etcd).start_again()?;
+        self.wait_ready().await
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

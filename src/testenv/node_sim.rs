@@ -181,6 +181,27 @@ impl SimNode {
         Ok(())
     }
 
+    /// Only the heartbeat stops (a kubelet that cannot reach the API); the machine and its
+    /// listeners stay up.
+    pub fn pause_heartbeat(&self) {
+        if let Some(h) = self.lock().heartbeat.take() {
+            h.abort();
+        }
+    }
+
+    /// The heartbeat runs again (renewing at once, then every interval).
+    pub fn resume_heartbeat(&self) {
+        let mut t = self.lock();
+        if let Some(h) = t.heartbeat.take() {
+            h.abort();
+        }
+        t.heartbeat = Some(tokio::spawn(heartbeat(
+            self.client.clone(),
+            self.name.clone(),
+            self.opts.heartbeat_interval,
+        )));
+    }
+
     /// Switches the HTTP health endpoint between 200 and 503.
     pub fn set_http_healthy(&self, healthy: bool) {
         self.http_healthy.store(healthy, Ordering::SeqCst);

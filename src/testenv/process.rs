@@ -125,6 +125,11 @@ impl ManagedProcess {
         self.spawn()
     }
 
+    /// Starts the same command again after a [`kill`](Self::kill).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

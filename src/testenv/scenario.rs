@@ -297,7 +297,9 @@ pub async fn wait_status_in(
         let f = api.get(name).await?;
         let ok = f.status.clone().filter(|s| pred(s));
         if ok.is_none() {
-            *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = f.status;
+            *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = f.status;
         }
         Ok(ok)
     })
