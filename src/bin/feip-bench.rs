@@ -107,6 +107,8 @@ Defaults: 1000 addresses over 200 nodes, 100 on the node killed in the mass fail
 20 trials per detection mode, 60 s baseline, 300 s steady state, 60 s after the restart.
 The controller runs with FEIP_EC2_TIMEOUT 5 s (moto is slow at 1,000 addresses; the default
 is 2 s) and a leadership safety margin of twice that plus 1 s; everything else is default.
+A phase is skipped with a zero: --baseline-secs 0, --steady-secs 0, --trials 0, --mass 0,
+--restart-secs 0.
 --smoke: every phase at a tiny size, for CI (about a minute).";
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -1508,28 +1510,31 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         .adoption
         .insert("ec2 throttled".into(), throttled as f64);
 
-    step(&format!(
-        "steady state with {} addresses for {}s",
-        args.feips + 2,
-        args.steady_secs
-    ));
-    // Let the adoption burst (lease creation, first confirmations) settle first.
-    tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 30 })).await;
-    let w = observe(
-        &env,
-        &ctl,
-        "steady",
-        args.feips + 2,
-        Duration::from_secs(args.steady_secs),
-    )
-    .await?;
-    print_window(&w);
-    report.steady = Some(w);
+    if args.steady_secs > 0 {
+        step(&format!(
+            "steady state with {} addresses for {}s",
+            args.feips + 2,
+            args.steady_secs
+        ));
+        // Let the adoption burst (lease creation, first confirmations) settle first.
+        tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 30 })).await;
+        let w = observe(
+            &env,
+            &ctl,
+            "steady",
+            args.feips + 2,
+            Duration::from_secs(args.steady_secs),
+        )
+        .await?;
+        print_window(&w);
+        report.steady = Some(w);
+    }
 
-    for (mode, feip, alloc, pair) in [
+    let modes = [
         ("heartbeat", "trial-heartbeat", &world.hb_alloc, &world.hb),
         ("probe", "trial-probe", &world.probe_alloc, &world.probe),
-    ] {
+    ];
+    for (mode, feip, alloc, pair) in modes.into_iter().filter(|_| args.trials > 0) {
         step(&format!(
             "failover latency, {mode} detection: {} trials under load",
             args.trials
@@ -1555,13 +1560,32 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         report.latency.push(r);
     }
 
+    if args.mass > 0 {
+        mass_phase(&env, &ctl, &world, args, &mut report).await?;
+    }
+    if args.restart_secs > 0 {
+        restart_phase(&env, ctl, args, &mut report).await?;
+    } else {
+        let _ = ctl.terminate().await;
+    }
+    report.targets = targets(&report);
+    Ok(report)
+}
+
+async fn mass_phase(
+    env: &Env,
+    ctl: &Controller,
+    world: &World,
+    args: &Args,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     step(&format!(
         "mass failover: the node holding {} addresses dies",
         args.mass
     ));
     // Let the mutating bucket refill after the trials (EC2 refills 5/s up to 50).
     tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 12 })).await;
-    let m = mass_failover(&env, &ctl, &world, args.mass).await?;
+    let m = mass_failover(env, ctl, world, args.mass).await?;
     println!(
         "    detected +{:.3}s, all {} confirmed +{:.3}s after injection ({:.3}s after detection; EC2 budget bound {:.1}s); AssociateAddress {}, throttled {}, calls {:?}",
         m.detected_after,
@@ -1579,12 +1603,20 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         false,
     );
     report.mass = Some(m);
+    Ok(())
+}
 
+async fn restart_phase(
+    env: &Env,
+    mut ctl: Controller,
+    args: &Args,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     step("restart: SIGTERM, start a new controller, measure readiness and EC2 mutations");
     // The revived node must be healthy again before the restart.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shutdown = ctl.terminate().await?;
-    ctl = Controller::start(&env, 1)?;
+    ctl = Controller::start(env, 1)?;
     let ready = ctl.wait_ready(Duration::from_secs(60)).await?;
     let leader = ctl.wait_leader(Duration::from_secs(60)).await? + ready;
     println!(
@@ -1594,7 +1626,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         leader.as_secs_f64()
     );
     let w = observe(
-        &env,
+        env,
         &ctl,
         "after restart",
         args.feips + 2,
@@ -1610,8 +1642,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         window: w,
     });
     let _ = ctl.terminate().await;
-    report.targets = targets(&report);
-    Ok(report)
+    Ok(())
 }
 
 fn targets(r: &Report) -> Vec<(String, String, bool)> {
