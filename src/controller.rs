@@ -1056,28 +1056,25 @@ fn gather_candidate(
         Some(other) => dead = Some(format!("node Ready={other}")),
         None => unknown = Some("node has no Ready condition".into()),
     }
-    let api_failing = ctx.leadership.api_failing_since().is_some();
     if dead.is_none()
         && let Some(age) = ctx.heartbeat_age(&listed.node)
         && age > r.heartbeat_timeout
-        && api_failing
     {
-        // Kubelets cannot renew through an API that cannot serve this replica either.
-        unknown = Some(format!(
-            "kubelet heartbeat unchanged for {}s while the API is failing this controller's requests",
-            age.as_secs()
-        ));
-    } else if dead.is_none()
-        && let Some(age) = ctx.heartbeat_age(&listed.node)
-        && age > r.heartbeat_timeout
-    {
-        dead = Some(format!(
-            "kubelet heartbeat unchanged for {}s",
-            age.as_secs()
-        ));
-        dead_since = Some(
-            now - jiff::SignedDuration::try_from(age - r.heartbeat_timeout).unwrap_or_default(),
-        );
+        if ctx.leadership.api_failing_since().is_some() {
+            // Kubelets cannot renew through an API that cannot serve this replica either.
+            unknown = Some(format!(
+                "kubelet heartbeat unchanged for {}s while the API is failing this controller's requests",
+                age.as_secs()
+            ));
+        } else {
+            dead = Some(format!(
+                "kubelet heartbeat unchanged for {}s",
+                age.as_secs()
+            ));
+            dead_since = Some(
+                now - jiff::SignedDuration::try_from(age - r.heartbeat_timeout).unwrap_or_default(),
+            );
+        }
     }
     if dead.is_none()
         && let Some(inst) = &instance
