@@ -732,6 +732,18 @@ async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<
     }
 }
 
+/// A reconcile that found mutations not allowed. A follower waits: gaining the leadership
+/// triggers every address. A leader whose renewal is late (inside the safety margin, not yet
+/// past the renew deadline) may get its mutation window back without any leadership change
+/// and thus without a trigger, so it looks again shortly instead of dropping the reconcile.
+fn until_mutation_allowed(ctx: &Context) -> Requeue {
+    if ctx.leadership.is_leader() {
+        Requeue::requeue(Duration::from_millis(500))
+    } else {
+        Requeue::await_change()
+    }
+}
+
 fn error_policy(obj: Arc<FloatingElasticIP>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_error(err.kind());
     let mut rt = lock(&ctx.runtime);
@@ -760,7 +772,7 @@ async fn reconcile(obj: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Req
     }
     // Only the leader decides and writes; followers wait for leadership (a trigger arrives).
     if !ctx.leadership.can_mutate() {
-        return Ok(Requeue::await_change());
+        return Ok(until_mutation_allowed(&ctx));
     }
     let started = Instant::now();
     let api: Api<FloatingElasticIP> = Api::namespaced(
@@ -1561,7 +1573,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             let allocation = address_info.as_ref().map(|a| a.allocation_id.clone());
             if let Some(allocation) = allocation {
                 if !ctx.leadership.can_mutate() {
-                    return Ok(Requeue::await_change());
+                    return Ok(until_mutation_allowed(&ctx));
                 }
                 // After a failed pass (an associate that timed out may still have happened),
                 // look before repeating it: the snapshot may predate it (rule 3).
@@ -1636,7 +1648,7 @@ async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, 
             association_id: Some(assoc),
         } if !r.policy.observe_only => {
             if !ctx.leadership.can_mutate() {
-                return Ok(Requeue::await_change());
+                return Ok(until_mutation_allowed(&ctx));
             }
             match ctx.ec2.disassociate(assoc).await {
                 Ok(()) => {

@@ -148,14 +148,53 @@ impl Scenario {
     async fn wait_association(&self, eni: Option<&str>) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let want = eni.map(str::to_string);
-        wait_for(&format!("the address on {want:?}"), WAIT, || {
+        let waited = wait_for(&format!("the address on {want:?}"), WAIT, || {
             let want = want.clone();
             async move {
                 Ok((self.moto.association(&self.eip.allocation_id).await? == want).then_some(()))
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = waited {
+            anyhow::bail!("{e:#}\n{}", self.diagnostics().await);
+        }
         Ok(started.elapsed())
+    }
+
+    /// What a failed wait needs for a diagnosis: the EC2 mutations the controller sent (with
+    /// injected faults and answers), the objects' statuses and the leadership.
+    async fn diagnostics(&self) -> String {
+        let mut out = String::from("EC2 mutations through the proxy:\n");
+        for r in self.proxy.requests() {
+            if r.action.ends_with("Address") && r.action != "DescribeAddresses" {
+                out.push_str(&format!(
+                    "  {:?} ago {} {:?} fault {:?} status {}\n",
+                    r.at.elapsed(),
+                    r.action,
+                    r.params.get("NetworkInterfaceId"),
+                    r.fault,
+                    r.status
+                ));
+            }
+        }
+        if let Some(c) = &self.controller {
+            out.push_str(&format!(
+                "leader {} can mutate {} api failing since {:?}\n",
+                c.leadership.is_leader(),
+                c.leadership.can_mutate(),
+                c.leadership.api_failing_since().map(|t| t.elapsed())
+            ));
+        }
+        if let Ok(list) = self.api.list(&Default::default()).await {
+            for f in list {
+                out.push_str(&format!(
+                    "status of {}: {}\n",
+                    f.metadata.name.as_deref().unwrap_or_default(),
+                    serde_json::to_string(&f.status).unwrap_or_default()
+                ));
+            }
+        }
+        out
     }
 
     async fn wait_status(
