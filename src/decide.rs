@@ -953,6 +953,24 @@ mod tests {
         }
     }
 
+    /// What a simulated DescribeAddresses shows for an address on `eni` (None = unassociated)
+    /// at sequence step `step`; unknown while EC2 is down.
+    fn simulated_observation(
+        ec2_down: bool,
+        eni: Option<&str>,
+        step: impl std::fmt::Display,
+    ) -> AddressObservation {
+        match eni {
+            _ if ec2_down => ec2_unknown(),
+            None => AddressObservation::Unassociated,
+            Some(eni) => AddressObservation::Associated {
+                network_interface_id: eni.to_string(),
+                private_ip: Some(eni.replacen("eni-", "ip-", 1)),
+                association_id: Some(format!("eipassoc-{step}")),
+            },
+        }
+    }
+
     fn input(candidates: Vec<CandidateView>) -> Input {
         Input {
             now: ts(0),
@@ -2034,18 +2052,7 @@ mod tests {
                     Event::Wait(s) => now += SignedDuration::from_secs(*s),
                     _ => {}
                 }
-                let observation = if ec2_down {
-                    ec2_unknown()
-                } else {
-                    match &address {
-                        None => AddressObservation::Unassociated,
-                        Some(eni) => AddressObservation::Associated {
-                            network_interface_id: eni.clone(),
-                            private_ip: Some(eni.replacen("eni-", "ip-", 1)),
-                            association_id: Some(format!("eipassoc-{step}")),
-                        },
-                    }
-                };
+                let observation = simulated_observation(ec2_down, address.as_deref(), step);
                 let holder_eni = holder.as_ref().map(|h| format!("eni-{h}"));
                 if !ec2_down && holder_eni.is_some() && holder_eni == address {
                     confirmed = true; // the controller saw the association on the holder
@@ -2323,18 +2330,7 @@ mod tests {
                     _ => {}
                 }
                 let seen = lagged.unwrap_or_else(|| address.clone());
-                let observation = if ec2_down {
-                    ec2_unknown()
-                } else {
-                    match &seen {
-                        None => AddressObservation::Unassociated,
-                        Some(eni) => AddressObservation::Associated {
-                            network_interface_id: eni.clone(),
-                            private_ip: Some(eni.replacen("eni-", "ip-", 1)),
-                            association_id: Some(format!("eipassoc-{step}")),
-                        },
-                    }
-                };
+                let observation = simulated_observation(ec2_down, seen.as_deref(), step);
                 let holder_eni = holder.as_ref().map(|h| format!("eni-{h}"));
                 if !ec2_down && holder_eni.is_some() && holder_eni == seen {
                     confirmed = true;

@@ -120,7 +120,7 @@ impl Scenario {
             "monitor": {"interval": "1s", "timeout": "800ms"},
             "health": {"heartbeatTimeout": "2s", "probe": {"type": "None"}},
         });
-        merge(&mut spec, extra);
+        feip::testenv::scenario::merge(&mut spec, extra);
         spec
     }
 
@@ -240,22 +240,6 @@ impl Scenario {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.reason)
             .collect())
-    }
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
-            for (k, v) in e {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, e) => *b = e,
     }
 }
 

@@ -676,11 +676,7 @@ async fn create_feip(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let obj: FloatingElasticIP = serde_json::from_value(serde_json::json!({
-        "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
-        "metadata": {"name": name}, "spec": spec,
-    }))?;
-    api.create(&PostParams::default(), &obj)
+    feip::testenv::scenario::create_in(api, name, spec)
         .await
         .with_context(|| format!("creating FloatingElasticIP {name}"))?;
     Ok(())
