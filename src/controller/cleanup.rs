@@ -1,0 +1,128 @@
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::aws::instance_id_from_provider_id;
+use crate::crd::{FloatingElasticIP, Management, Phase, ReleasePolicy};
+
+use super::Error;
+use super::context::{Context, key, lock};
+use super::observe::{conflicting_owner, listed_candidates};
+use super::status::{patch_status, publish};
+
+/// Deletion: release the association (unless retained or observe-only), then drop the Lease.
+pub(super) async fn cleanup(
+    f: Arc<FloatingElasticIP>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
+    let k = key(&f);
+    let ns = f.namespace().unwrap_or_default();
+    // An object that lost an address conflict never managed the address: releasing it would
+    // take the owner's address away.
+    let retain = f.spec.release_policy == Some(ReleasePolicy::Retain)
+        || f.spec.management == Some(Management::ObserveOnly)
+        || conflicting_owner(&ctx, &f, None).is_some();
+    if !retain {
+        let (allocs, ips): (Vec<String>, Vec<String>) = (
+            f.spec.allocation_id.iter().cloned().collect(),
+            f.spec.public_ip.iter().cloned().collect(),
+        );
+        let current = ctx
+            .ec2
+            .describe_addresses(&allocs, &ips)
+            .await
+            .map_err(|e| {
+                blocked(
+                    &ctx,
+                    &f,
+                    format!("cannot read the address before release: {e}"),
+                )
+            })?;
+        let info = current.by_allocation.values().next().cloned();
+        // Only release an association to one of our candidates (ownership guard).
+        let ours = info
+            .as_ref()
+            .and_then(|a| a.network_interface_id.as_ref())
+            .is_some_and(|eni| {
+                let v = lock(&ctx.view);
+                listed_candidates(&f, &ctx.nodes).iter().any(|l| {
+                    ctx.nodes
+                        .get(&ObjectRef::new(&l.node))
+                        .and_then(|n| n.spec.clone())
+                        .and_then(|s| s.provider_id)
+                        .and_then(|p| instance_id_from_provider_id(&p))
+                        .and_then(|id| v.instances.get(&id).cloned())
+                        .is_some_and(|i| {
+                            i.interfaces.iter().any(|x| &x.network_interface_id == eni)
+                        })
+                })
+            });
+        tracing::debug!(feip = %k, ?info, ours, "releasing on deletion");
+        if let (Some(info), true) = (&info, ours)
+            && let Some(assoc) = &info.association_id
+        {
+            if !ctx.leadership.can_mutate() {
+                return Err(Error::Other("leadership lost during release".into()));
+            }
+            ctx.ec2
+                .disassociate(assoc)
+                .await
+                .map_err(|e| blocked(&ctx, &f, format!("DisassociateAddress failed: {e}")))?;
+            let mut released = info.clone();
+            released.association_id = None;
+            released.network_interface_id = None;
+            released.private_ip = None;
+            released.instance_id = None;
+            lock(&ctx.view).record(released);
+            publish(
+                &ctx,
+                &f,
+                EventType::Normal,
+                "Released",
+                format!("{} disassociated on deletion", info.public_ip),
+            )
+            .await;
+        }
+    }
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
+    match leases
+        .delete(&f.lease_name(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    lock(&ctx.runtime).remove(&k);
+    Ok(Requeue::await_change())
+}
+
+/// Records a blocked release: Warning event + Blocked condition; the finalizer stays.
+pub(super) fn blocked(ctx: &Arc<Context>, f: &Arc<FloatingElasticIP>, msg: String) -> Error {
+    let (ctx, f, m) = (ctx.clone(), f.clone(), msg.clone());
+    tokio::spawn(async move {
+        publish(&ctx, &f, EventType::Warning, "Blocked", m.clone()).await;
+        let mut status = f.status.clone().unwrap_or_default();
+        status.phase = Some(Phase::Blocked);
+        status.conditions.retain(|c| c.type_ != "Blocked");
+        status.conditions.push(Condition {
+            type_: "Blocked".into(),
+            status: "True".into(),
+            reason: "DisassociateFailed".into(),
+            message: m,
+            observed_generation: f.metadata.generation,
+            last_transition_time: Time(Timestamp::now()),
+        });
+        if let Err(e) = patch_status(&ctx, &f, status).await {
+            tracing::debug!(error = %e, "blocked status not written");
+        }
+    });
+    Error::Blocked(msg)
+}

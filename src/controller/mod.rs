@@ -1,0 +1,297 @@
+//! The reconcile glue: gathers the inputs of [`crate::decide`] from the caches (nodes,
+//! heartbeats, probes, EC2 snapshots, holder Leases), writes the decision to the per-address
+//! Lease (optimistic concurrency) before touching EC2, performs the EC2 action while this
+//! replica's leadership is valid, confirms it, and reports status, conditions, events and
+//! metrics.
+//!
+//! EC2 is read by one monitor task with one batched DescribeAddresses (and one
+//! DescribeInstances) per interval for all addresses, whatever their number; reconciles read
+//! its snapshots. Mutations are confirmed with a Describe of the one address involved.
+
+mod apply;
+mod cleanup;
+mod context;
+mod holder_lease;
+mod monitor;
+mod observe;
+mod status;
+mod triggers;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::aws::Ec2;
+use crate::crd::{FINALIZER, FloatingElasticIP};
+use crate::health::{Heartbeats, Probes};
+use crate::leader::Leadership;
+use crate::telemetry::Metrics;
+
+use apply::{apply, backoff, until_mutation_allowed};
+use cleanup::cleanup;
+pub use context::Settings;
+use context::{Context, Ec2View, key, lock};
+use monitor::monitor;
+use triggers::{forward_changes, heartbeat_staleness_ticker, node_fingerprint, watch_leadership};
+
+/// Field manager and event reporter name.
+pub const MANAGER: &str = "feip-controller";
+/// Label on every holder Lease feip manages.
+pub const LEASE_LABEL: &str = "app.kubernetes.io/managed-by";
+const LEASE_LABEL_VALUE: &str = "feip";
+
+/// Errors of one reconcile; all are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("release of the address is blocked: {0}")]
+    Blocked(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
+                kube::runtime::finalizer::Error::AddFinalizer(_)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kube",
+                _ => "finalizer",
+            },
+            Error::Blocked(_) => "blocked",
+            Error::Other(_) => "other",
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `ready` turns true once every cache synced.
+pub async fn run(
+    client: Client,
+    ec2: Ec2,
+    leadership: Leadership,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    ready: tokio::sync::watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let feip_api: Api<FloatingElasticIP> = match settings.namespaces.as_slice() {
+        [one] => Api::namespaced(client.clone(), one),
+        _ => Api::all(client.clone()),
+    };
+    let changed = Arc::new(Notify::new());
+
+    let (nodes, node_writer) = reflector::store();
+    let node_stream = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (leases, lease_writer) = reflector::store();
+    let lease_cfg =
+        watcher::Config::default().labels(&format!("{LEASE_LABEL}={LEASE_LABEL_VALUE}"));
+    let lease_stream = reflector(
+        lease_writer,
+        watcher(Api::<Lease>::all(client.clone()), lease_cfg),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let controller = Controller::new(feip_api.clone(), watcher::Config::default());
+    let feips = controller.store();
+    let heartbeats = Arc::new(Heartbeats::default());
+    let probes = Arc::new(Probes::new(changed.clone()));
+    let (targeted, targeted_rx) = futures::channel::mpsc::unbounded();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        ec2,
+        leadership: leadership.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(settings.instance.clone()),
+            },
+        ),
+        nodes: nodes.clone(),
+        leases: leases.clone(),
+        feips: feips.clone(),
+        heartbeats: heartbeats.clone(),
+        probes,
+        view: Mutex::new(Ec2View::default()),
+        runtime: Mutex::new(HashMap::new()),
+        monitor_wake: Notify::new(),
+        fresh_since_leadership: std::sync::atomic::AtomicBool::new(false),
+        settings,
+        targeted,
+        dirty_nodes: Mutex::new(HashSet::new()),
+        heartbeats_observed_since: Mutex::new(Instant::now()),
+    });
+
+    // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::channel::<()>(16);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        // Re-evaluate at once when what makes a node eligible or healthy changes (standby
+        // label, cordon, taints, Ready, providerID, InternalIP), not on every status update.
+        let changed = changed.clone();
+        let dirty = ctx.clone();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        tasks.spawn(node_stream.for_each(move |r| {
+            match r {
+                Ok(node) => {
+                    let print = node_fingerprint(&node);
+                    if seen.insert(node.name_any(), print) != Some(print) {
+                        lock(&dirty.dirty_nodes).insert(node.name_any());
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    dirty.restart_heartbeat_clocks();
+                    tracing::warn!(error = %e, "node watch error; retrying");
+                }
+            }
+            futures::future::ready(())
+        }));
+    }
+    tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
+    {
+        let gap = ctx.clone();
+        tasks.spawn(lease_stream.for_each(move |r| {
+            if let Err(e) = r {
+                gap.restart_heartbeat_clocks();
+                tracing::warn!(error = %e, "holder lease watch error; retrying");
+            }
+            futures::future::ready(())
+        }));
+    }
+    // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
+    // apiserver restart), after which unchanged heartbeats must not look stale.
+    let heartbeats_synced = Arc::new(Notify::new());
+    tasks.spawn(
+        heartbeats
+            .clone()
+            .run(client.clone(), heartbeats_synced.clone()),
+    );
+    {
+        let (ctx, changed) = (ctx.clone(), changed.clone());
+        tasks.spawn(async move {
+            loop {
+                heartbeats_synced.notified().await;
+                ctx.restart_heartbeat_clocks();
+                changed.notify_one();
+            }
+        });
+    }
+    tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
+    tasks.spawn(forward_changes(
+        ctx.clone(),
+        changed.clone(),
+        trigger_tx.clone(),
+    ));
+    tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
+    {
+        let (nodes, leases, feips, heartbeats) = (
+            nodes.clone(),
+            leases.clone(),
+            feips.clone(),
+            heartbeats.clone(),
+        );
+        tasks.spawn(async move {
+            let _ = nodes.wait_until_ready().await;
+            tracing::debug!("node cache synced");
+            let _ = leases.wait_until_ready().await;
+            tracing::debug!("holder lease cache synced");
+            // The controller's own runner also waits on this store; a second long-lived waiter
+            // is not reliably woken, so check readiness by polling instead.
+            while tokio::time::timeout(Duration::ZERO, feips.wait_until_ready())
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::debug!("FloatingElasticIP cache synced");
+            while !heartbeats.is_synced() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = ready.send(true);
+            tracing::info!("caches synced; ready");
+        });
+    }
+
+    controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(16))
+        .reconcile_all_on(trigger_rx)
+        .reconcile_on(targeted_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::trace!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                    tracing::warn!(object = %obj, error = %e, "reconcile failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "controller error"),
+            }
+        })
+        .await;
+    tasks.abort_all();
+    Ok(())
+}
+
+fn error_policy(obj: Arc<FloatingElasticIP>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_error(err.kind());
+    let mut rt = lock(&ctx.runtime);
+    let r = rt.entry(key(&obj)).or_default();
+    r.failed_attempts = r.failed_attempts.saturating_add(1);
+    Requeue::requeue(backoff(r.failed_attempts))
+}
+
+async fn reconcile(obj: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if !ctx.settings.namespaces.is_empty()
+        && !ctx
+            .settings
+            .namespaces
+            .iter()
+            .any(|n| Some(n.as_str()) == obj.metadata.namespace.as_deref())
+    {
+        return Ok(Requeue::await_change());
+    }
+    // Only the leader decides and writes; followers wait for leadership (a trigger arrives).
+    if !ctx.leadership.can_mutate() {
+        return Ok(until_mutation_allowed(&ctx));
+    }
+    let started = Instant::now();
+    let api: Api<FloatingElasticIP> = Api::namespaced(
+        ctx.client.clone(),
+        obj.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
+            FinalizerEvent::Cleanup(o) => cleanup(o, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile(started.elapsed());
+    result
+}
