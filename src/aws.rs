@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::Filter;
+use futures::TryFutureExt as _;
 use tokio::sync::Mutex;
+
+use crate::leader::{Leadership, MutationPermit};
 
 pub use crate::telemetry::Ec2Outcome as Outcome;
 
@@ -35,18 +38,24 @@ pub enum Ec2Error {
         reason: String,
         throttled: bool,
     },
+    /// A mutation that was not sent: this replica's mutation window (leadership minus the
+    /// safety margin) was closed when the request was due to go out. Nothing changed in EC2.
+    #[error("{operation} not sent: this replica's leadership does not allow mutations now")]
+    NotSent { operation: &'static str },
 }
 
 impl Ec2Error {
+    /// Unknown outcomes are never failures. A request that was not sent counts as unknown
+    /// too: it says nothing about the target.
     pub fn is_unknown(&self) -> bool {
-        matches!(self, Ec2Error::Unknown { .. })
+        matches!(self, Ec2Error::Unknown { .. } | Ec2Error::NotSent { .. })
     }
 
     /// The EC2 error code of a definite error.
     pub fn code(&self) -> Option<&str> {
         match self {
             Ec2Error::Definite { code, .. } => Some(code),
-            Ec2Error::Unknown { .. } => None,
+            Ec2Error::Unknown { .. } | Ec2Error::NotSent { .. } => None,
         }
     }
 
@@ -63,7 +72,7 @@ impl Ec2Error {
                     || code == "OptInRequired"
                     || code == "Blocked")
             }
-            Ec2Error::Unknown { .. } => false,
+            Ec2Error::Unknown { .. } | Ec2Error::NotSent { .. } => false,
         }
     }
 }
@@ -342,21 +351,47 @@ impl Ec2 {
         aws_sdk_ec2::Client::new(&loader.load().await)
     }
 
-    pub fn sdk(&self) -> &aws_sdk_ec2::Client {
-        &self.client
+    /// The region the client sends to, if configured.
+    pub fn region(&self) -> Option<&str> {
+        self.client.config().region().map(|r| r.as_ref())
     }
 
-    /// Runs one instrumented, budgeted, time-bounded EC2 request.
-    async fn call<T, F>(
-        &self,
-        operation: &'static str,
-        mutating: bool,
-        fut: F,
-    ) -> Result<T, Ec2Error>
+    /// Runs one instrumented, budgeted, time-bounded read.
+    async fn call<T, F>(&self, operation: &'static str, fut: F) -> Result<T, Ec2Error>
     where
         F: std::future::Future<Output = Result<T, Ec2Error>>,
     {
-        self.budget.acquire(mutating).await;
+        self.budget.acquire(false).await;
+        self.send(operation, fut).await
+    }
+
+    /// Runs one mutation: waits for the mutating budget, then takes this replica's
+    /// [`MutationPermit`] and only then builds and sends the request. When the window closed
+    /// meanwhile, nothing is sent ([`Ec2Error::NotSent`]). Every EC2 mutation goes through
+    /// here: `build` only gets the SDK client together with a permit.
+    async fn mutate<T, F, B>(
+        &self,
+        operation: &'static str,
+        leadership: &Leadership,
+        build: B,
+    ) -> Result<T, Ec2Error>
+    where
+        B: FnOnce(&aws_sdk_ec2::Client, MutationPermit) -> F,
+        F: std::future::Future<Output = Result<T, Ec2Error>>,
+    {
+        self.budget.acquire(true).await;
+        let Some(permit) = leadership.permit() else {
+            tracing::info!(operation, "mutation not sent: leadership window closed");
+            return Err(Ec2Error::NotSent { operation });
+        };
+        self.send(operation, build(&self.client, permit)).await
+    }
+
+    /// Sends one request, time-bounded and instrumented.
+    async fn send<T, F>(&self, operation: &'static str, fut: F) -> Result<T, Ec2Error>
+    where
+        F: std::future::Future<Output = Result<T, Ec2Error>>,
+    {
         let started = Instant::now();
         // The SDK bounds each attempt; this outer bound covers both attempts and the backoff
         // between them, and is what the leadership safety margin must exceed.
@@ -425,7 +460,7 @@ impl Ec2 {
         }
         // With both kinds present, list every address of the account in one call and pick.
         let out = self
-            .call("DescribeAddresses", false, async {
+            .call("DescribeAddresses", async {
                 req.send()
                     .await
                     .map_err(|e| classify("DescribeAddresses", e))
@@ -483,7 +518,7 @@ impl Ec2 {
                     )
                     .set_next_token(next_token.take());
                 let out = self
-                    .call("DescribeInstances", false, async {
+                    .call("DescribeInstances", async {
                         req.send()
                             .await
                             .map_err(|e| classify("DescribeInstances", e))
@@ -544,24 +579,24 @@ impl Ec2 {
     }
 
     /// Associates the address with an interface and private IP. `AllowReassociation` is sent
-    /// explicitly: omitted, moto treats it as false, unlike AWS.
+    /// explicitly: omitted, moto treats it as false, unlike AWS. The permit is taken after the
+    /// budget wait (see [`Ec2::mutate`]).
     pub async fn associate(
         &self,
+        leadership: &Leadership,
         allocation_id: &str,
         network_interface_id: &str,
         private_ip: &str,
     ) -> Result<String, Ec2Error> {
-        let req = self
-            .client
-            .associate_address()
-            .allocation_id(allocation_id)
-            .network_interface_id(network_interface_id)
-            .private_ip_address(private_ip)
-            .allow_reassociation(true);
         let out = self
-            .call("AssociateAddress", true, async {
-                req.send()
-                    .await
+            .mutate("AssociateAddress", leadership, |client, _permit| {
+                client
+                    .associate_address()
+                    .allocation_id(allocation_id)
+                    .network_interface_id(network_interface_id)
+                    .private_ip_address(private_ip)
+                    .allow_reassociation(true)
+                    .send()
                     .map_err(|e| classify("AssociateAddress", e))
             })
             .await?;
@@ -569,15 +604,17 @@ impl Ec2 {
     }
 
     /// Disassociates; an association that no longer exists counts as success.
-    pub async fn disassociate(&self, association_id: &str) -> Result<(), Ec2Error> {
-        let req = self
-            .client
-            .disassociate_address()
-            .association_id(association_id);
+    pub async fn disassociate(
+        &self,
+        leadership: &Leadership,
+        association_id: &str,
+    ) -> Result<(), Ec2Error> {
         match self
-            .call("DisassociateAddress", true, async {
-                req.send()
-                    .await
+            .mutate("DisassociateAddress", leadership, |client, _permit| {
+                client
+                    .disassociate_address()
+                    .association_id(association_id)
+                    .send()
                     .map_err(|e| classify("DisassociateAddress", e))
             })
             .await

@@ -118,6 +118,25 @@ impl LeaderConfig {
     }
 }
 
+/// Proof that this replica's mutation window was open when the permit was taken: every EC2
+/// mutation and every holder-Lease write takes one by value, and only
+/// [`Leadership::permit`] makes them, so a send path that skips the leadership check does not
+/// compile. A permit is taken immediately before its request is sent; it is neither `Clone`
+/// nor kept.
+#[derive(Debug)]
+#[must_use = "a permit is taken right before the request it allows"]
+pub struct MutationPermit {
+    mutate_until: Instant,
+}
+
+impl MutationPermit {
+    /// The last instant at which the window this permit was taken in allowed a mutation to
+    /// start.
+    pub fn mutate_until(&self) -> Instant {
+        self.mutate_until
+    }
+}
+
 /// This replica's view of its own leadership, shared with the code that mutates EC2.
 /// Cheap to clone; all clones see the same state.
 #[derive(Clone, Debug)]
@@ -230,6 +249,18 @@ impl Leadership {
     /// own when renewals stall, before the election loop notices.
     pub fn can_mutate(&self) -> bool {
         self.can_mutate_at(Instant::now())
+    }
+
+    /// A permit to send one EC2 mutation or holder-Lease write now, or `None` when
+    /// [`can_mutate`](Self::can_mutate) is false. Take it immediately before the request is
+    /// sent (after any budget wait or extra read), never earlier, and let the send consume it.
+    pub fn permit(&self) -> Option<MutationPermit> {
+        let now = Instant::now();
+        let s = self.state();
+        let until = s.mutate_until.filter(|until| s.leader && now < *until)?;
+        Some(MutationPermit {
+            mutate_until: until,
+        })
     }
 
     /// [`can_mutate`](Self::can_mutate) at a given instant.
@@ -769,6 +800,26 @@ mod tests {
             (a.failing_since(t0 + s(7)), a.recovered_at),
             (None, Some(t0 + s(7)))
         );
+    }
+
+    #[test]
+    fn permits_are_issued_only_inside_the_mutation_window() {
+        let margin = Duration::from_secs(5);
+        let l = Leadership::new();
+        assert!(l.permit().is_none(), "a follower gets no permit");
+        let now = Instant::now();
+        l.lead(now, LEASE, margin);
+        let p = l.permit().expect("a fresh leader gets a permit");
+        assert_eq!(p.mutate_until(), now + LEASE - margin);
+        // Still leader, but the last renewal was sent so long ago that the window closed.
+        if let Some(long_ago) = now.checked_sub(LEASE) {
+            l.lead(long_ago, LEASE, margin);
+            assert!(l.is_leader());
+            assert!(l.permit().is_none(), "no permit inside the safety margin");
+        }
+        l.lead(now, LEASE, margin);
+        l.step_down();
+        assert!(l.permit().is_none(), "no permit after stepping down");
     }
 
     #[test]

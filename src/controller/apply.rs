@@ -18,9 +18,9 @@ use crate::decide::{
 
 use super::Error;
 use super::context::{Context, PendingFailover, key, lock};
-use super::holder_lease::{
+use super::holder_lease::{self,
     CONFIRMED_ANNOTATION, REASON_ANNOTATION, already_recorded, lease_duration, pending_from_lease,
-    write_lease,
+    FailoverStart, LeaseRecord,
 };
 use super::observe::{
     Gathered, conflicting_owner, failures_from_status, gather_candidate, listed_candidates,
@@ -328,22 +328,20 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
                 .and_then(|from| gathered.iter().find(|g| &g.view.node == from))
                 .and_then(|g| g.dead_since)
                 .unwrap_or(now);
-            write_lease(
-                &ctx,
-                &f,
-                lease.as_deref(),
-                change.to.as_deref(),
+            let record = LeaseRecord {
+                holder: change.to.as_deref(),
                 transitions,
-                false,
-                change.reason.as_str(),
-                change
+                confirmed: false,
+                reason: change.reason.as_str(),
+                failover: change
                     .from
                     .as_deref()
                     .filter(|_| change.to.is_some())
-                    .map(|from| (from, detected_at)),
-                &r,
-            )
-            .await?;
+                    .map(|from| FailoverStart { from, detected_at }),
+                duration: lease_duration(&r),
+            };
+            holder_lease::write(&ctx.client, &ctx.leadership, &f, lease.as_deref(), &record)
+                .await?;
             lease_holder = change.to.clone();
             confirmed = false;
             {
@@ -377,18 +375,15 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
             let (ctx, f) = (ctx.clone(), f.clone());
             tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
         } else if lease.is_none() && !r.policy.stopped {
-            write_lease(
-                &ctx,
-                &f,
-                None,
-                holder.as_deref(),
-                0,
-                false,
-                "Created",
-                None,
-                &r,
-            )
-            .await?;
+            let record = LeaseRecord {
+                holder: holder.as_deref(),
+                transitions: 0,
+                confirmed: false,
+                reason: "Created",
+                failover: None,
+                duration: lease_duration(&r),
+            };
+            holder_lease::write(&ctx.client, &ctx.leadership, &f, None, &record).await?;
         }
     }
 
@@ -415,6 +410,7 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
                 } else {
                     ctx.ec2
                         .associate(
+                            &ctx.leadership,
                             &allocation,
                             &target.network_interface_id,
                             &target.private_ip,
@@ -422,6 +418,8 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
                         .await
                 };
                 match result {
+                    // The window closed during the budget wait or the look: nothing was sent.
+                    Err(Ec2Error::NotSent { .. }) => return Ok(until_mutation_allowed(&ctx)),
                     Ok(_) => match confirm(
                         &ctx,
                         &allocation,
@@ -478,7 +476,8 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
             if !ctx.leadership.can_mutate() {
                 return Ok(until_mutation_allowed(&ctx));
             }
-            match ctx.ec2.disassociate(assoc).await {
+            match ctx.ec2.disassociate(&ctx.leadership, assoc).await {
+                Err(Ec2Error::NotSent { .. }) => return Ok(until_mutation_allowed(&ctx)),
                 Ok(()) => {
                     if let Some(c) = current.as_mut() {
                         c.association_id = None;
@@ -548,18 +547,17 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
                 .and_then(|l| l.metadata.annotations.as_ref())
                 .and_then(|a| a.get(REASON_ANNOTATION).cloned())
                 .unwrap_or_else(|| "Adopted".into());
-            if let Err(e) = write_lease(
-                &ctx,
-                &f,
-                fresh.as_deref(),
-                lease_holder.as_deref(),
+            let record = LeaseRecord {
+                holder: lease_holder.as_deref(),
                 transitions,
-                true,
-                &reason,
-                None,
-                &r,
-            )
-            .await
+                confirmed: true,
+                reason: &reason,
+                failover: None,
+                duration: lease_duration(&r),
+            };
+            if let Err(e) =
+                holder_lease::write(&ctx.client, &ctx.leadership, &f, fresh.as_deref(), &record)
+                    .await
             {
                 tracing::debug!(feip = %k, error = %e, "lease confirm deferred");
             }

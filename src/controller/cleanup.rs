@@ -1,19 +1,17 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::aws::instance_id_from_provider_id;
+use crate::aws::{Ec2Error, instance_id_from_provider_id};
 use crate::crd::{FloatingElasticIP, Management, Phase, ReleasePolicy};
 
 use super::Error;
 use super::context::{Context, key, lock};
+use super::holder_lease;
 use super::observe::{conflicting_owner, listed_candidates};
 use super::status::{patch_status, publish};
 
@@ -23,7 +21,6 @@ pub(super) async fn cleanup(
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
     let k = key(&f);
-    let ns = f.namespace().unwrap_or_default();
     // An object that lost an address conflict never managed the address: releasing it would
     // take the owner's address away.
     let retain = f.spec.release_policy == Some(ReleasePolicy::Retain)
@@ -69,12 +66,15 @@ pub(super) async fn cleanup(
             && let Some(assoc) = &info.association_id
         {
             if !ctx.leadership.can_mutate() {
-                return Err(Error::Other("leadership lost during release".into()));
+                return Err(Error::LeadershipLost("during release"));
             }
             ctx.ec2
-                .disassociate(assoc)
+                .disassociate(&ctx.leadership, assoc)
                 .await
-                .map_err(|e| blocked(&ctx, &f, format!("DisassociateAddress failed: {e}")))?;
+                .map_err(|e| match e {
+                    Ec2Error::NotSent { .. } => Error::LeadershipLost("during release"),
+                    e => blocked(&ctx, &f, format!("DisassociateAddress failed: {e}")),
+                })?;
             let mut released = info.clone();
             released.association_id = None;
             released.network_interface_id = None;
@@ -91,15 +91,7 @@ pub(super) async fn cleanup(
             .await;
         }
     }
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
-    match leases
-        .delete(&f.lease_name(), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    holder_lease::delete(&ctx.client, &ctx.leadership, &f).await?;
     lock(&ctx.runtime).remove(&k);
     Ok(Requeue::await_change())
 }

@@ -3,12 +3,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{FloatingElasticIP, FloatingElasticIPStatus};
+use crate::leader::{Leadership, MutationPermit};
 
-use super::context::{Context, PendingFailover};
+use super::context::PendingFailover;
 use super::observe::Resolved;
 use super::{Error, LEASE_LABEL, LEASE_LABEL_VALUE};
 
@@ -52,35 +53,43 @@ pub(super) fn lease_duration(r: &Resolved) -> Duration {
     (r.monitor_interval * 3).max(Duration::from_secs(30))
 }
 
-#[allow(clippy::too_many_arguments)] // one call site per purpose; a struct would only rename them
-pub(super) async fn write_lease(
-    ctx: &Context,
+/// What one holder-Lease write records.
+pub(super) struct LeaseRecord<'a> {
+    /// The node that holds (or is to hold) the address; `None` releases it.
+    pub(super) holder: Option<&'a str>,
+    pub(super) transitions: i32,
+    /// The association to the holder was confirmed in EC2.
+    pub(super) confirmed: bool,
+    /// Why the holder holds the address (a change reason, "Created" or "Adopted").
+    pub(super) reason: &'a str,
+    /// A failover not yet confirmed: recorded so that a new leader completing it still
+    /// reports it (status.lastFailover, failover count, duration metric).
+    pub(super) failover: Option<FailoverStart<'a>>,
+    /// `leaseDurationSeconds` (see [`lease_duration`]).
+    pub(super) duration: Duration,
+}
+
+/// The start of a failover: the previous holder and when its failure was detected.
+#[derive(Clone, Copy)]
+pub(super) struct FailoverStart<'a> {
+    pub(super) from: &'a str,
+    pub(super) detected_at: Timestamp,
+}
+
+/// The holder Lease `record` describes, replacing `existing` (optimistic concurrency on its
+/// resourceVersion). The acquire time is kept while the holder stays the same.
+pub(super) fn lease_object(
     f: &FloatingElasticIP,
     existing: Option<&Lease>,
-    holder: Option<&str>,
-    transitions: i32,
-    confirmed: bool,
-    reason: &str,
-    failover: Option<(&str, Timestamp)>,
-    r: &Resolved,
-) -> Result<(), Error> {
-    if !ctx.leadership.can_mutate() {
-        return Err(Error::Other(
-            "leadership lost before the decision was written".into(),
-        ));
-    }
-    let ns = f.namespace().unwrap_or_default();
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = MicroTime(Timestamp::now());
-    let owner = f
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::Other("object has no uid".into()))?;
-    let prev_holder = existing
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.holder_identity.clone());
-    let acquire = if prev_holder.as_deref() == holder {
-        existing
-            .and_then(|l| l.spec.as_ref())
+    record: &LeaseRecord<'_>,
+    now: Timestamp,
+) -> Result<Lease, Error> {
+    let now = MicroTime(now);
+    let owner = f.controller_owner_ref(&()).ok_or(Error::MissingUid)?;
+    let old_spec = existing.and_then(|l| l.spec.as_ref());
+    let prev_holder = old_spec.and_then(|s| s.holder_identity.as_deref());
+    let acquire = if prev_holder == record.holder {
+        old_spec
             .and_then(|s| s.acquire_time.clone())
             .or_else(|| Some(now.clone()))
     } else {
@@ -89,44 +98,89 @@ pub(super) async fn write_lease(
     let mut lease: Lease = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": f.lease_name(),
-            "namespace": ns,
+            "namespace": f.namespace().unwrap_or_default(),
             "labels": {LEASE_LABEL: LEASE_LABEL_VALUE, "feip.io/name": f.name_any()},
-            "annotations": {CONFIRMED_ANNOTATION: confirmed.to_string(), REASON_ANNOTATION: reason},
+            "annotations": {
+                CONFIRMED_ANNOTATION: record.confirmed.to_string(),
+                REASON_ANNOTATION: record.reason,
+            },
         },
         "spec": {
-            "leaseDurationSeconds": lease_duration(r).as_secs(),
-            "leaseTransitions": transitions,
+            "leaseDurationSeconds": record.duration.as_secs(),
+            "leaseTransitions": record.transitions,
         }
-    }))
-    .map_err(|e| Error::Other(e.to_string()))?;
+    }))?;
     lease.metadata.owner_references = Some(vec![owner]);
-    // An unfinished failover is recorded on the Lease too, so a new leader that completes it
-    // still reports it (status.lastFailover, failover count, duration metric).
-    if let (Some((from, detected_at)), Some(annotations)) =
-        (failover, lease.metadata.annotations.as_mut())
+    if let (Some(start), Some(annotations)) =
+        (record.failover, lease.metadata.annotations.as_mut())
     {
-        annotations.insert(FAILOVER_FROM_ANNOTATION.into(), from.to_string());
-        annotations.insert(DETECTED_AT_ANNOTATION.into(), detected_at.to_string());
+        annotations.insert(FAILOVER_FROM_ANNOTATION.into(), start.from.to_string());
+        annotations.insert(
+            DETECTED_AT_ANNOTATION.into(),
+            start.detected_at.to_string(),
+        );
     }
     if let Some(spec) = lease.spec.as_mut() {
-        spec.holder_identity = holder.map(str::to_string);
-        spec.acquire_time = holder.and(acquire);
-        spec.renew_time = holder.map(|_| now.clone());
+        spec.holder_identity = record.holder.map(str::to_string);
+        spec.acquire_time = record.holder.and(acquire);
+        spec.renew_time = record.holder.map(|_| now.clone());
     }
-    match existing {
-        Some(old) => {
-            lease.metadata.resource_version = old.metadata.resource_version.clone();
-            api.replace(&f.lease_name(), &PostParams::default(), &lease)
-                .await?;
-        }
-        None => match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Our cache is behind: read and retry through the normal requeue.
-                return Err(Error::Other("holder lease exists; cache behind".into()));
-            }
-            Err(e) => return Err(e.into()),
-        },
+    if let Some(old) = existing {
+        lease.metadata.resource_version = old.metadata.resource_version.clone();
     }
-    Ok(())
+    Ok(lease)
+}
+
+/// Writes the holder Lease: replaces `existing`, or creates it. The permit is taken right
+/// before the request is sent; without one nothing is written.
+pub(super) async fn write(
+    client: &Client,
+    leadership: &Leadership,
+    f: &FloatingElasticIP,
+    existing: Option<&Lease>,
+    record: &LeaseRecord<'_>,
+) -> Result<(), Error> {
+    let lease = lease_object(f, existing, record, Timestamp::now())?;
+    let api: Api<Lease> = Api::namespaced(client.clone(), &f.namespace().unwrap_or_default());
+    let permit = leadership
+        .permit()
+        .ok_or(Error::LeadershipLost("before the decision was written"))?;
+    send(&api, permit, &lease, existing.is_some()).await
+}
+
+/// Deletes the holder Lease (finalizer cleanup); absent counts as deleted.
+pub(super) async fn delete(
+    client: &Client,
+    leadership: &Leadership,
+    f: &FloatingElasticIP,
+) -> Result<(), Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &f.namespace().unwrap_or_default());
+    let _permit: MutationPermit = leadership
+        .permit()
+        .ok_or(Error::LeadershipLost("before the holder lease was deleted"))?;
+    match api.delete(&f.lease_name(), &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The one place a holder Lease is created or replaced: it takes the permit by value.
+async fn send(
+    api: &Api<Lease>,
+    _permit: MutationPermit,
+    lease: &Lease,
+    replace: bool,
+) -> Result<(), Error> {
+    let name = lease.metadata.name.clone().unwrap_or_default();
+    if replace {
+        api.replace(&name, &PostParams::default(), lease).await?;
+        return Ok(());
+    }
+    match api.create(&PostParams::default(), lease).await {
+        Ok(_) => Ok(()),
+        // Our cache is behind: read and retry through the normal requeue.
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::LeaseCacheBehind),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -60,8 +60,16 @@ pub enum Error {
     Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("release of the address is blocked: {0}")]
     Blocked(String),
-    #[error("{0}")]
-    Other(String),
+    /// This replica's mutation window closed before a write it needed could be sent.
+    #[error("leadership lost {0}")]
+    LeadershipLost(&'static str),
+    /// The holder Lease exists although the cache did not have it yet.
+    #[error("holder lease exists; cache behind")]
+    LeaseCacheBehind,
+    #[error("object has no uid")]
+    MissingUid,
+    #[error("serialization: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 impl Error {
@@ -76,7 +84,11 @@ impl Error {
                 _ => "finalizer",
             },
             Error::Blocked(_) => "blocked",
-            Error::Other(_) => "other",
+            // One label for these, as before they had their own variants.
+            Error::LeadershipLost(_)
+            | Error::LeaseCacheBehind
+            | Error::MissingUid
+            | Error::Serialize(_) => "other",
         }
     }
 }

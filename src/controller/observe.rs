@@ -251,7 +251,7 @@ pub(super) fn gather_candidate(
         (None, _, _) => Some("node has no spec.providerID".to_string()),
         (Some(p), None, _) => Some(format!("providerID {p:?} is not an AWS instance")),
         (Some(p), Some(id), None) if instances_covered => Some(
-            match zone_outside_region(p, ctx.ec2.sdk().config().region().map(|r| r.as_ref())) {
+            match zone_outside_region(p, ctx.ec2.region()) {
                 Some((zone, region)) => {
                     format!("instance {id} is in {zone}, outside this controller's region {region}")
                 }

@@ -365,7 +365,7 @@ pub(super) async fn patch_status(
     let patch: Vec<serde_json::Value> =
         vec![serde_json::json!({"op": "add", "path": "/status", "value": status})];
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
-        .map_err(|e| Error::Other(e.to_string()))?;
+        ?;
     api.patch_status(
         &f.name_any(),
         &PatchParams::default(),
