@@ -16,7 +16,28 @@ use tokio::sync::Mutex;
 
 use crate::leader::{Leadership, MutationPermit};
 
-pub use crate::telemetry::Ec2Outcome as Outcome;
+/// How an EC2 request ended, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    /// `RequestLimitExceeded` (or another throttling answer).
+    Throttled,
+    /// Any other error answer or transport failure.
+    Error,
+    /// No answer within the client-side timeout.
+    Timeout,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Throttled => "throttled",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
 
 /// Receives one call per EC2 request (operation, outcome, elapsed).
 pub type Observer = Arc<dyn Fn(&'static str, Outcome, Duration) + Send + Sync>;

@@ -7,7 +7,9 @@ pub mod controller;
 pub mod crd;
 pub mod decide;
 pub mod health;
+pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod telemetry;
 
 #[cfg(feature = "testenv")]

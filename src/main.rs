@@ -67,7 +67,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let metrics = Arc::new(feip::telemetry::Metrics::new());
+    let metrics = Arc::new(feip::metrics::Metrics::new());
     let observer_metrics = metrics.clone();
     let observer: feip::aws::Observer =
         Arc::new(move |op, outcome, elapsed| observer_metrics.ec2_request(op, outcome, elapsed));
@@ -100,7 +100,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(%identity, namespaces = ?args.namespaces, "starting feip controller");
-    let server = tokio::spawn(feip::telemetry::serve(
+    let server = tokio::spawn(feip::http::serve(
         args.health_addr,
         metrics.clone(),
         ready_rx,

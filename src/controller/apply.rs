@@ -18,9 +18,9 @@ use crate::decide::{
 
 use super::Error;
 use super::context::{Context, PendingFailover, key, lock};
-use super::holder_lease::{self,
-    CONFIRMED_ANNOTATION, REASON_ANNOTATION, already_recorded, lease_duration, pending_from_lease,
-    FailoverStart, LeaseRecord,
+use super::holder_lease::{
+    self, CONFIRMED_ANNOTATION, FailoverStart, LeaseRecord, REASON_ANNOTATION, already_recorded,
+    lease_duration, pending_from_lease,
 };
 use super::observe::{
     Gathered, conflicting_owner, failures_from_status, gather_candidate, listed_candidates,

@@ -15,7 +15,7 @@ use crate::crd::FloatingElasticIP;
 use crate::decide::Target;
 use crate::health::{Heartbeats, Probes};
 use crate::leader::Leadership;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// Controller settings (from flags).
 #[derive(Clone, Debug)]

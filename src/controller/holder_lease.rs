@@ -111,14 +111,10 @@ pub(super) fn lease_object(
         }
     }))?;
     lease.metadata.owner_references = Some(vec![owner]);
-    if let (Some(start), Some(annotations)) =
-        (record.failover, lease.metadata.annotations.as_mut())
+    if let (Some(start), Some(annotations)) = (record.failover, lease.metadata.annotations.as_mut())
     {
         annotations.insert(FAILOVER_FROM_ANNOTATION.into(), start.from.to_string());
-        annotations.insert(
-            DETECTED_AT_ANNOTATION.into(),
-            start.detected_at.to_string(),
-        );
+        annotations.insert(DETECTED_AT_ANNOTATION.into(), start.detected_at.to_string());
     }
     if let Some(spec) = lease.spec.as_mut() {
         spec.holder_identity = record.holder.map(str::to_string);

@@ -36,7 +36,7 @@ use crate::aws::Ec2;
 use crate::crd::{FINALIZER, FloatingElasticIP};
 use crate::health::{Heartbeats, Probes};
 use crate::leader::Leadership;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 use apply::{apply, backoff, until_mutation_allowed};
 use cleanup::cleanup;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::aws::{AddressInfo, instance_id_from_provider_id};
 use crate::crd::{
@@ -250,14 +250,14 @@ pub(super) fn gather_candidate(
     let unresolvable = match (provider, &instance_id, &instance) {
         (None, _, _) => Some("node has no spec.providerID".to_string()),
         (Some(p), None, _) => Some(format!("providerID {p:?} is not an AWS instance")),
-        (Some(p), Some(id), None) if instances_covered => Some(
-            match zone_outside_region(p, ctx.ec2.region()) {
+        (Some(p), Some(id), None) if instances_covered => {
+            Some(match zone_outside_region(p, ctx.ec2.region()) {
                 Some((zone, region)) => {
                     format!("instance {id} is in {zone}, outside this controller's region {region}")
                 }
                 None => format!("instance {id} not found in EC2 (wrong account or region?)"),
-            },
-        ),
+            })
+        }
         (_, Some(_), None) => None, // not looked up yet or EC2 unknown: target stays unresolved
         (_, Some(_), Some(inst)) => match inst.interface(r.device_index) {
             None => Some(format!(

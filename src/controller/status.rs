@@ -364,8 +364,7 @@ pub(super) async fn patch_status(
     // new status no longer has (an expired ban, a cleared holder).
     let patch: Vec<serde_json::Value> =
         vec![serde_json::json!({"op": "add", "path": "/status", "value": status})];
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
-        ?;
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))?;
     api.patch_status(
         &f.name_any(),
         &PatchParams::default(),

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::aws::{Budget, Ec2, Observer};
 use crate::leader::{LeaderConfig, Leadership};
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// How a test controller runs.
 #[derive(Clone, Debug)]
