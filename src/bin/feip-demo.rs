@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use feip::crd::FloatingElasticIP;
+use feip::testenv::bin_support;
 use feip::testenv::{
     AZ_A, AZ_C, ControlPlane, FaultProxy, Moto, NodeOptions, REGION, SimNode, wait_for,
 };
@@ -286,16 +287,9 @@ async fn show_state(
 
 /// A minimal HTTP/1.1 GET returning the body.
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf)).await??;
-    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    Ok(bin_support::http_get(addr, path, Duration::from_secs(2))
+        .await?
+        .1)
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {

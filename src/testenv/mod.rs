@@ -2,6 +2,7 @@
 //! a kube-apiserver + etcd control plane, moto behind a fault-injecting proxy, and simulated
 //! nodes. Built only with the `testenv` feature; none of it ships in the controller image.
 
+pub mod bin_support;
 pub mod control_plane;
 pub mod controller;
 pub mod ec2;
