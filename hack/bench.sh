@@ -17,12 +17,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 hack/install-tools.sh
 profile=${BENCH_PROFILE:-release}
+started=$(date +%s)
 if [[ $profile == release ]]; then
-    echo "[bench] cargo build --release --locked --features testenv --bins" >&2
-    cargo build --release --locked --quiet --features testenv --bins
+    echo "[bench] cargo build --release --locked --features testenv --bins (a cold release build takes about 10 minutes on 2 cores, a warm one seconds)" >&2
+    cargo build --release --locked --features testenv --bins
 else
-    echo "[bench] cargo build --locked --features testenv --bins" >&2
-    cargo build --locked --quiet --features testenv --bins
+    echo "[bench] cargo build --locked --features testenv --bins (a cold debug build takes about 5-10 minutes on 2 cores, a warm one seconds)" >&2
+    cargo build --locked --features testenv --bins
 fi
+echo "[bench] build done in $(($(date +%s) - started)) s" >&2
 echo "[bench] $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 exec "target/$profile/feip-bench" "$@"

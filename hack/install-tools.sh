@@ -28,6 +28,28 @@ bin_dir="$cache/bin-k8s$KUBERNETES_VERSION-etcd$ETCD_VERSION-helm$HELM_VERSION"
 
 have() { [ -x "$1" ]; }
 
+# Runs "$@" and logs "still <what> (N s)" every 30 s while it runs: Go prints nothing while it
+# compiles, and a cold build takes minutes. Returns the command's status. The ticker's sleep
+# holds no inherited pipe, so a killed ticker never keeps a reader of our output waiting.
+with_progress() {
+    local what=$1 started ticker rc=0
+    shift
+    started=$(date +%s)
+    (
+        while sleep 30 </dev/null >/dev/null 2>&1; do
+            log_always "  still $what ($(($(date +%s) - started)) s)"
+        done
+    ) >/dev/null &
+    ticker=$!
+    "$@" || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    return "$rc"
+}
+
+# Runs "$@" quietly; if it fails, once more with its output shown.
+quiet_or_loud() { "$@" >/dev/null 2>&1 || "$@"; }
+
 # Wrapper-module build: k8s.io/kubernetes and go.etcd.io/etcd/server/v3 carry `replace`
 # directives pointing into their own source tree, so `go install pkg@version` refuses them.
 # A throwaway module that replaces each such module with the same release from the proxy works.
@@ -62,8 +84,8 @@ build_kubernetes() {
         cd "$work"
         wrapper_module "k8s.io/kubernetes@$v" "k8s.io/" "$staging_pin"
         log "  resolving dependencies"
-        go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v" >/dev/null 2>&1 ||
-            go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v"
+        with_progress "resolving the dependencies of kubernetes $v" \
+            quiet_or_loud go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kubectl@$v"
         local date ld="" p
         date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
         for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -72,8 +94,9 @@ build_kubernetes() {
         done
         mkdir -p "$k8s_dir.tmp"
         for cmd in kube-apiserver kubectl; do
-            log "  compiling $cmd (progress: one line per finished step)"
-            CGO_ENABLED=0 go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "-s -w$ld" \
+            log "  compiling $cmd (a line every 30 s while it runs)"
+            CGO_ENABLED=0 with_progress "compiling $cmd" \
+                go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "-s -w$ld" \
                 -o "$k8s_dir.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
             log "  $cmd done after $(($(date +%s) - started)) s"
         done
@@ -92,9 +115,10 @@ build_etcd() {
     (
         cd "$work"
         wrapper_module "go.etcd.io/etcd/server/v3@$v" "go.etcd.io/etcd/" "$v"
-        go get -tool "go.etcd.io/etcd/server/v3@$v" >/dev/null 2>&1 || go get -tool "go.etcd.io/etcd/server/v3@$v"
+        with_progress "resolving the dependencies of etcd $v" quiet_or_loud go get -tool "go.etcd.io/etcd/server/v3@$v"
         mkdir -p "$etcd_dir.tmp"
-        CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$etcd_dir.tmp/etcd" go.etcd.io/etcd/server/v3
+        CGO_ENABLED=0 with_progress "compiling etcd $v" \
+            go build -trimpath -ldflags "-s -w" -o "$etcd_dir.tmp/etcd" go.etcd.io/etcd/server/v3
     )
     rm -rf "$etcd_dir" && mv "$etcd_dir.tmp" "$etcd_dir"
     log_always "etcd $v built in $(($(date +%s) - started)) s"
@@ -107,7 +131,7 @@ build_helm() {
     major=$(echo "$v" | cut -d. -f1)
     log_always "building helm $v from Go modules (cold: a few minutes)"
     mkdir -p "$helm_dir.tmp"
-    CGO_ENABLED=0 GOBIN="$helm_dir.tmp" go install -trimpath \
+    CGO_ENABLED=0 GOBIN="$helm_dir.tmp" with_progress "building helm $v" go install -trimpath \
         -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$v" "helm.sh/helm/$major/cmd/helm@$v"
     rm -rf "$helm_dir" && mv "$helm_dir.tmp" "$helm_dir"
     log_always "helm $v built in $(($(date +%s) - started)) s"
