@@ -1,6 +1,7 @@
 //! feip keeps an AWS Elastic IP on exactly one healthy Kubernetes node and moves it when that
 //! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
 
+pub mod app;
 pub mod aws;
 pub mod cli;
 pub mod controller;

@@ -223,6 +223,29 @@ pub struct ControllerArgs {
     pub ec2_timeout: Duration,
 }
 
+impl ControllerArgs {
+    /// The controller configuration these flags describe. The identity defaults to the host
+    /// name and process id.
+    pub fn config(&self) -> crate::app::ControllerConfig {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        crate::app::ControllerConfig {
+            identity,
+            namespaces: self.namespaces.clone(),
+            leader_election_namespace: self.leader_election_namespace.clone(),
+            leader_election_name: self.leader_election_name.clone(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+            safety_margin: self.safety_margin,
+            ec2_timeout: self.ec2_timeout,
+            health_addr: Some(self.health_addr),
+        }
+    }
+}
+
 /// Parses the command line. Invoked as `kubectl-feip` (the kubectl plugin), usage and help
 /// say `kubectl feip`; the arguments are the same either way.
 pub fn parse_cli() -> Cli {

@@ -1,16 +1,16 @@
-//! Runs the real controller in-process against the test environment: leader election, the
-//! reconcile loop and the EC2 client, exactly as `feip controller` wires them, with timings
-//! short enough for tests. `kill` aborts everything without releasing leadership, like a
-//! crashed process.
+//! Runs the real controller in-process against the test environment through the same wiring
+//! as `feip controller` ([`crate::app::start`], which validates the configuration as the
+//! binary does), with timings short enough for tests that the binary also accepts. `kill`
+//! aborts everything without releasing leadership, like a crashed process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use tokio::task::JoinHandle;
 
-use crate::aws::{Budget, Ec2, Observer};
-use crate::leader::{LeaderConfig, Leadership};
+use crate::app::{ControllerConfig, Running};
+use crate::aws::Ec2;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
 /// How a test controller runs.
@@ -28,7 +28,8 @@ pub struct ControllerOptions {
 }
 
 impl ControllerOptions {
-    /// Fast timings: lease 3s, renew deadline 2s, retry 250ms, safety margin 1s.
+    /// Fast timings that `feip controller` accepts: lease 3 s, renew deadline 2 s, retry
+    /// 250 ms, safety margin 1.7 s (above two 800 ms EC2 attempts).
     pub fn new(identity: &str, namespace: &str) -> Self {
         Self {
             identity: identity.into(),
@@ -37,7 +38,7 @@ impl ControllerOptions {
             lease_duration: Duration::from_secs(3),
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_millis(250),
-            safety_margin: Duration::from_millis(1000),
+            safety_margin: Duration::from_millis(1700),
             ec2_timeout: Duration::from_millis(800),
         }
     }
@@ -49,8 +50,21 @@ pub struct TestController {
     pub leadership: Leadership,
     pub metrics: Arc<Metrics>,
     pub ready: tokio::sync::watch::Receiver<bool>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<()>>,
+    running: Running,
+}
+
+impl ControllerOptions {
+    /// The process configuration these options describe (no HTTP endpoints).
+    pub fn config(&self) -> ControllerConfig {
+        let mut c = ControllerConfig::new(&self.identity, &self.namespace);
+        c.namespaces = self.namespaces.clone();
+        c.lease_duration = self.lease_duration;
+        c.renew_deadline = self.renew_deadline;
+        c.retry_period = self.retry_period;
+        c.safety_margin = self.safety_margin;
+        c.ec2_timeout = self.ec2_timeout;
+        c
+    }
 }
 
 impl TestController {
@@ -59,10 +73,6 @@ impl TestController {
         ec2_endpoint: &str,
         opts: ControllerOptions,
     ) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
-        let m = metrics.clone();
-        let observer: Observer =
-            Arc::new(move |op, outcome, elapsed| m.ec2_request(op, outcome, elapsed));
         let creds =
             aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "feip-testenv");
         let sdk = Ec2::sdk_client(
@@ -72,78 +82,23 @@ impl TestController {
             opts.ec2_timeout,
         )
         .await;
-        let ec2 = Ec2::new(
-            sdk,
-            Arc::new(Budget::default()),
-            opts.ec2_timeout,
-            Some(observer),
-        );
-        let leadership = Leadership::new();
-        let mut cfg = LeaderConfig::new(&opts.namespace, "feip-controller", &opts.identity);
-        cfg.lease_duration = opts.lease_duration;
-        cfg.renew_deadline = opts.renew_deadline;
-        cfg.retry_period = opts.retry_period;
-        cfg.safety_margin = opts.safety_margin;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let stop = futures::FutureExt::shared(async move {
-            let _ = stop_rx.await;
-        });
-        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        {
-            let (client, leadership, stop) = (client.clone(), leadership.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::leader::run(client, cfg, leadership, stop).await {
-                    tracing::error!(error = %e, "leader election ended");
-                }
-            }));
-        }
-        {
-            let settings = crate::controller::Settings {
-                namespaces: opts.namespaces.clone(),
-                instance: opts.identity.clone(),
-            };
-            let (leadership, metrics) = (leadership.clone(), metrics.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::controller::run(
-                    client, ec2, leadership, metrics, settings, ready_tx, stop,
-                )
-                .await
-                {
-                    tracing::error!(error = %e, "controller ended");
-                }
-            }));
-        }
+        let running = crate::app::start(client, sdk, opts.config()).await?;
         Ok(Self {
             identity: opts.identity,
-            leadership,
-            metrics,
-            ready: ready_rx,
-            stop: Some(stop_tx),
-            tasks,
+            leadership: running.leadership.clone(),
+            metrics: running.metrics.clone(),
+            ready: running.ready.clone(),
+            running,
         })
     }
 
     /// Crash: abort every task at once; leadership is not released.
     pub fn kill(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
+        self.running.abort();
     }
 
     /// Graceful stop: leadership is released.
     pub async fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-    }
-}
-
-impl Drop for TestController {
-    fn drop(&mut self) {
-        self.kill();
+        self.running.shutdown().await;
     }
 }

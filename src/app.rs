@@ -1,0 +1,267 @@
+//! The one wiring of a controller process, used by `feip controller` and by the test harness
+//! alike: validated configuration, the EC2 client with its budget and metrics observer, the
+//! leader election, the reconcile loop and (optionally) the HTTP endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::Client;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::aws::{Budget, Ec2, Observer};
+use crate::controller::Settings;
+use crate::leader::{LeaderConfig, Leadership};
+use crate::metrics::Metrics;
+
+/// How long a graceful stop waits for the controller and for the election to end.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a controller process is configured with (the `feip controller` flags).
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// This replica's identity in the election and on events.
+    pub identity: String,
+    /// Namespaces whose FloatingElasticIPs are managed; empty = all.
+    pub namespaces: Vec<String>,
+    pub leader_election_namespace: String,
+    pub leader_election_name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    /// EC2 mutations and holder-Lease writes stop this long before leadership could expire.
+    pub safety_margin: Duration,
+    /// Timeout of one EC2 call attempt (at most two attempts per call).
+    pub ec2_timeout: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
+    pub health_addr: Option<SocketAddr>,
+}
+
+impl ControllerConfig {
+    /// The `feip controller` defaults: lease 15 s, renew deadline 10 s, retry 2 s, safety
+    /// margin 5 s, EC2 attempt timeout 2 s, every namespace, no HTTP endpoints.
+    pub fn new(identity: impl Into<String>, leader_election_namespace: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            namespaces: Vec::new(),
+            leader_election_namespace: leader_election_namespace.into(),
+            leader_election_name: "feip-controller".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            safety_margin: Duration::from_secs(5),
+            ec2_timeout: Duration::from_secs(2),
+            health_addr: None,
+        }
+    }
+
+    /// The election's part of the configuration.
+    pub fn leader_config(&self) -> LeaderConfig {
+        let mut cfg = LeaderConfig::new(
+            &self.leader_election_namespace,
+            &self.leader_election_name,
+            &self.identity,
+        );
+        cfg.lease_duration = self.lease_duration;
+        cfg.renew_deadline = self.renew_deadline;
+        cfg.retry_period = self.retry_period;
+        cfg.safety_margin = self.safety_margin;
+        cfg
+    }
+
+    /// Rejects timings under which a mutation could outlive this replica's leadership, or the
+    /// election could be unsafe or never lead.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        // One EC2 call (two SDK attempts) must fit inside the leadership safety margin, so a
+        // mutation started while leadership was valid also ends while it is.
+        if self.safety_margin <= self.ec2_timeout * 2 {
+            bail!(
+                "--safety-margin ({:?}) must exceed twice --ec2-timeout ({:?})",
+                self.safety_margin,
+                self.ec2_timeout
+            );
+        }
+        self.leader_config().validate()
+    }
+}
+
+/// A started controller process: its shared handles and its tasks.
+pub struct Running {
+    pub leadership: Leadership,
+    pub metrics: Arc<Metrics>,
+    /// Turns true once every cache synced.
+    pub ready: watch::Receiver<bool>,
+    stop: broadcast::Sender<()>,
+    elector: Option<JoinHandle<anyhow::Result<()>>>,
+    controller: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Validates `config`, then starts the HTTP endpoints (if configured), the election and the
+/// controller. `sdk` is the EC2 client (its region, endpoint and credentials are the caller's).
+pub async fn start(
+    client: Client,
+    sdk: aws_sdk_ec2::Client,
+    config: ControllerConfig,
+) -> anyhow::Result<Running> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let observed = metrics.clone();
+    let observer: Observer =
+        Arc::new(move |op, outcome, elapsed| observed.ec2_request(op, outcome, elapsed));
+    let ec2 = Ec2::new(
+        sdk,
+        Arc::new(Budget::default()),
+        config.ec2_timeout,
+        Some(observer),
+    );
+    let leadership = Leadership::new();
+    let (ready_tx, ready) = watch::channel(false);
+    let (stop, _) = broadcast::channel::<()>(1);
+    let stopped = |tx: &broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    tracing::info!(identity = %config.identity, namespaces = ?config.namespaces, "starting feip controller");
+    let server = match config.health_addr {
+        Some(addr) => {
+            let listener = crate::http::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            Some(tokio::spawn(crate::http::serve_on(
+                listener,
+                metrics.clone(),
+                ready.clone(),
+                stopped(&stop),
+            )))
+        }
+        None => None,
+    };
+    let elector = tokio::spawn(crate::leader::run(
+        client.clone(),
+        config.leader_config(),
+        leadership.clone(),
+        stopped(&stop),
+    ));
+    let settings = Settings {
+        namespaces: config.namespaces.clone(),
+        instance: config.identity.clone(),
+    };
+    let controller = tokio::spawn(crate::controller::run(
+        client,
+        ec2,
+        leadership.clone(),
+        metrics.clone(),
+        settings,
+        ready_tx,
+        stopped(&stop),
+    ));
+    Ok(Running {
+        leadership,
+        metrics,
+        ready,
+        stop,
+        elector: Some(elector),
+        controller: Some(controller),
+        server,
+    })
+}
+
+impl Running {
+    /// Resolves when the controller or the election ends on its own. Without its elector a
+    /// replica could never lead again, so that is an error: the process should exit and be
+    /// restarted.
+    pub async fn ended(&mut self) -> anyhow::Result<()> {
+        let (Some(controller), Some(elector)) = (self.controller.as_mut(), self.elector.as_mut())
+        else {
+            bail!("controller already stopped");
+        };
+        tokio::select! {
+            r = controller => {
+                self.controller = None;
+                r.context("controller task")?
+            }
+            r = elector => {
+                self.elector = None;
+                bail!("leader election stopped: {r:?}")
+            }
+        }
+    }
+
+    /// Graceful stop: the controller stops reconciling, the election releases the Lease if
+    /// this replica holds it, the HTTP endpoints close. Each wait is bounded.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stop.send(());
+        for task in [self.controller.take(), self.elector.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = tokio::time::timeout(STOP_GRACE, task).await;
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+
+    /// Crash: every task is aborted at once and leadership is not released.
+    pub fn abort(&mut self) {
+        for task in [
+            self.controller.take(),
+            self.elector.take(),
+            self.server.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        ControllerConfig::new("replica-a", "feip-system")
+            .validate()
+            .expect("the feip controller defaults");
+    }
+
+    #[test]
+    fn a_margin_that_an_ec2_call_could_outlast_is_refused() {
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.ec2_timeout = Duration::from_millis(2500);
+        let err = c
+            .validate()
+            .expect_err("5 s margin, 2 x 2.5 s EC2 call")
+            .to_string();
+        assert!(err.contains("--safety-margin"), "{err}");
+        c.ec2_timeout = Duration::from_millis(2400);
+        c.validate().expect("4.8 s of EC2 call inside a 5 s margin");
+    }
+
+    #[test]
+    fn unsafe_election_timings_are_refused() {
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.renew_deadline = c.lease_duration;
+        assert!(
+            c.validate().is_err(),
+            "renew deadline must be below the lease"
+        );
+        let mut c = ControllerConfig::new("", "feip-system");
+        c.identity.clear();
+        assert!(c.validate().is_err(), "an empty identity means released");
+    }
+}
