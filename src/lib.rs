@@ -9,6 +9,7 @@ pub mod crd;
 pub mod decide;
 pub mod health;
 pub mod http;
+pub mod kube_ext;
 pub mod leader;
 pub mod metrics;
 pub mod telemetry;

@@ -1,9 +1,12 @@
-use std::collections::HashSet;
+//! Carrying a plan out (client): the holder Lease, then the EC2 call under a permit, its
+//! confirmation, the settlement writes, the status. `apply` is one reconcile, step by step.
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -12,20 +15,16 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{FailoverRecord, FloatingElasticIP};
-use crate::decide::{
-    self, Action, AddressObservation, Eligibility, FailureKind, Input, NodeHealth, Target,
-};
+use crate::decide::{self, FailureKind, FailureRecord, Target};
 
 use super::Error;
-use super::context::{Context, PendingFailover, key, lock};
+use super::context::{Context, Snapshot, key, lock};
 use super::holder_lease::{
-    self, CONFIRMED_ANNOTATION, FailoverStart, LeaseRecord, REASON_ANNOTATION, already_recorded,
-    lease_duration, pending_from_lease,
+    self, LeaseRecord, REASON_ANNOTATION, lease_duration, pending_from_lease,
 };
-use super::observe::{
-    Gathered, conflicting_owner, failures_from_status, gather_candidate, listed_candidates,
-    observe_address, resolve, vpc_mismatches,
-};
+use super::observe::{self, AddressLookup, Observed, conflicting_owner};
+use super::plan::{self, Ec2Call, EventNote, Next, Outcome, Plan, Settlement};
+use super::spec::{ResolvedSpec, resolve};
 use super::status::{StatusInputs, build_status, conflict_status, patch_status, publish};
 
 /// A reconcile that found mutations not allowed. A follower waits: gaining the leadership
@@ -48,673 +47,390 @@ pub(super) fn backoff(attempt: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// One reconcile of a managed address: observe, decide, plan, then carry the plan out in
+/// order (holder Lease, EC2, confirmation), settle, report, and say when to look again.
 pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    // Until EC2 has been read for this address (by this leader) nothing would be decided,
-    // and publishing "EC2 unknown" for a moment would write every status twice per restart or
-    // leadership change (2,000 writes at 1,000 addresses): wait for the read, which the woken
-    // monitor makes and which reconciles the address. (When EC2 cannot be read, the reconcile
-    // goes on and reports that instead.)
-    let read_pending = !ctx
-        .fresh_since_leadership
-        .load(std::sync::atomic::Ordering::SeqCst)
-        || matches!(observe_address(&ctx, &f), Err((false, reason)) if reason == "not looked up yet");
-    if f.status.is_some() && read_pending && lock(&ctx.view).addresses_error.is_none() {
+    let snapshot = ctx.snapshot(&f);
+    if let Some(wait) = wait_for_ec2_read(&ctx, &f, &snapshot) {
+        return Ok(wait);
+    }
+    let (now, k, spec) = (Timestamp::now(), key(&f), resolve(&f));
+    if let Some(c) = observe::cleanup_request(&f) {
+        let nodes = c.node.as_deref().unwrap_or("all nodes");
+        let note = format!("failure counts reset ({nodes})");
+        publish(&ctx, &f, EventType::Normal, "Cleanup", note).await;
+    }
+    let address = observe::observe_address(&snapshot.address);
+    if snapshot.address == AddressLookup::NotLookedUpYet {
         ctx.monitor_wake.notify_one();
-        // The read triggers the reconcile; the timer is only a safety net (polling every
-        // 200 ms meant 15,000 idle reconciles per restart at 1,000 addresses).
-        return Ok(Requeue::requeue(Duration::from_secs(2)));
     }
-    let now = Timestamp::now();
-    let k = key(&f);
-    let r = resolve(&f, now);
-    let ns = f.namespace().unwrap_or_default();
-    let lease_name = f.lease_name();
-    let lease = ctx.leases.get(&ObjectRef::new(&lease_name).within(&ns));
-    let status = f.status.clone().unwrap_or_default();
-
-    // Failure bookkeeping, including a declarative cleanup request.
-    let mut failures = failures_from_status(&status);
-    let mut cleanup_done = status.last_cleanup_request_id.clone();
-    if let Some(c) = &f.spec.cleanup
-        && status.last_cleanup_request_id.as_deref() != Some(c.request_id.as_str())
-    {
-        match &c.node {
-            Some(n) => {
-                failures.remove(n);
-            }
-            None => failures.clear(),
-        }
-        cleanup_done = Some(c.request_id.clone());
-        publish(
-            &ctx,
-            &f,
-            EventType::Normal,
-            "Cleanup",
-            format!(
-                "failure counts reset ({})",
-                c.node.as_deref().unwrap_or("all nodes")
-            ),
-        )
-        .await;
+    let allocation = address.info.as_ref().map(|a| a.allocation_id.as_str());
+    if let Some(owner) = conflicting_owner(&f, &snapshot, allocation) {
+        return report_conflict(&ctx, &f, &owner, &spec, now).await;
     }
-
-    // Address observation.
-    let address = observe_address(&ctx, &f);
-    let (observation, address_info, address_missing) = match &address {
-        Ok(Some(a)) => (
-            match &a.network_interface_id {
-                Some(eni) => AddressObservation::Associated {
-                    network_interface_id: eni.clone(),
-                    private_ip: a.private_ip.clone(),
-                    association_id: a.association_id.clone(),
-                },
-                None => AddressObservation::Unassociated,
-            },
-            Some(a.clone()),
-            false,
-        ),
-        Ok(None) => (
-            AddressObservation::Unknown {
-                reason: "address not found in EC2".into(),
-            },
-            None,
-            true,
-        ),
-        Err((_, reason)) => {
-            if reason == "not looked up yet" {
-                ctx.monitor_wake.notify_one();
-            }
-            (
-                AddressObservation::Unknown {
-                    reason: reason.clone(),
-                },
-                None,
-                false,
-            )
-        }
-    };
-
-    // Several objects naming one Elastic IP: only the oldest manages it; the others report
-    // the conflict and never write a holder Lease or call EC2 (ownership between tenants).
-    // This object's address is the one just observed (a public IP resolved to its allocation).
-    let observed_allocation = address_info.as_ref().map(|a| a.allocation_id.as_str());
-    if let Some(owner) = conflicting_owner(&ctx, &f, observed_allocation) {
-        let new_status = conflict_status(&f, &owner, now);
-        let first_report = status
-            .conditions
-            .iter()
-            .all(|c| !(c.type_ == "Degraded" && c.reason == "AddressConflict"));
-        let message = new_status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        patch_status(&ctx, &f, new_status).await?;
-        if first_report {
-            publish(&ctx, &f, EventType::Warning, "AddressConflict", message).await;
-        }
-        return Ok(Requeue::requeue(r.monitor_interval));
-    }
-
-    // Candidates.
-    let listed = listed_candidates(&f, &ctx.nodes);
-    let mut gathered: Vec<Gathered> = {
-        let mut rt = lock(&ctx.runtime);
-        let rt = rt.entry(k.clone()).or_default();
-        listed
-            .iter()
-            .map(|l| gather_candidate(&ctx, &r, l, rt, now))
-            .collect()
-    };
-    // Candidates in another VPC than the address's network are not eligible.
-    {
-        let mut order: Vec<usize> = (0..gathered.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(gathered[i].view.priority));
-        let placed: Vec<(String, Option<String>, Option<String>)> = {
-            let v = lock(&ctx.view);
-            order
-                .iter()
-                .map(|&i| {
-                    let g = &gathered[i];
-                    let vpc = g
-                        .instance_id
-                        .as_ref()
-                        .and_then(|id| v.instances.get(id))
-                        .and_then(|inst| inst.vpc_id.clone());
-                    let eni = g
-                        .view
-                        .target
-                        .as_ref()
-                        .map(|t| t.network_interface_id.clone());
-                    (g.view.node.clone(), vpc, eni)
-                })
-                .collect()
-        };
-        let on = address_info
-            .as_ref()
-            .and_then(|a| a.network_interface_id.as_deref());
-        for (node, reason) in vpc_mismatches(&placed, on) {
-            if let Some(g) = gathered.iter_mut().find(|g| g.view.node == node)
-                && g.view.eligibility == Eligibility::Eligible
-            {
-                g.view.eligibility = Eligibility::Unresolvable { reason };
-            }
-        }
-    }
-    // A candidate whose instance cannot be resolved any more (so it is not eligible) keeps its
-    // last resolved target, for ownership only: an address on that interface stays ours. Not
-    // when its instance is known and the interface or private IP no longer fits, and never
-    // for an eligible node (a new instance not looked up yet must not get a stale target).
-    {
-        let instances: HashSet<String> = lock(&ctx.view).instances.keys().cloned().collect();
-        let mut rt = lock(&ctx.runtime);
-        let rt = rt.entry(k.clone()).or_default();
-        for g in gathered.iter_mut() {
-            match &g.view.target {
-                Some(t) => {
-                    rt.known_targets.insert(g.view.node.clone(), t.clone());
-                }
-                None if g.view.eligibility != Eligibility::Eligible
-                    && g.instance_id
-                        .as_ref()
-                        .is_none_or(|id| !instances.contains(id)) =>
-                {
-                    g.view.target = rt.known_targets.get(&g.view.node).cloned();
-                }
-                None => {}
-            }
-        }
-    }
-    // The holder keeps its last known target (from status) when it can no longer be resolved
-    // (its Node object deleted, its providerID gone): the address on that interface is feip's
-    // own association, not a foreign one, and must still be moved off it. (Status survives a
-    // restart or a change of leader; the runtime memory above does not.)
-    if let Some(last) = status.holder.as_ref()
-        && lease
-            .as_ref()
-            .and_then(|l| l.spec.as_ref())
-            .and_then(|s| s.holder_identity.as_deref())
-            == Some(last.node.as_str())
-        && let (Some(instance_id), Some(eni), Some(ip)) = (
-            &last.instance_id,
-            &last.network_interface_id,
-            &last.private_ip_address,
-        )
-        && let Some(g) = gathered.iter_mut().find(|g| {
-            g.view.node == last.node
-                && g.view.target.is_none()
-                && g.view.eligibility != Eligibility::Eligible
-        })
-    {
-        g.view.target = Some(Target {
-            instance_id: instance_id.clone(),
-            network_interface_id: eni.clone(),
-            private_ip: ip.clone(),
-        });
+    let readings = ctx.candidate_readings(&f, &spec);
+    let lease = snapshot.lease.as_deref();
+    let observed = ctx.remember(&k, |memory| {
+        observe::observe(&f, &spec, address, &readings, lease, memory, now)
+    });
+    if observed.needs_instance_read {
+        ctx.monitor_wake.notify_one();
     }
     // A probe started moments ago (this replica just started or became leader, a new
     // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile) instead of
     // publishing a transient "health unknown" status and writing the status twice (2,000
     // status writes per restart at 1,000 addresses). Unknown health never moves an address.
-    if gathered.iter().any(|g| g.probe_pending) && cleanup_done == status.last_cleanup_request_id {
+    if observed.probe_pending && observe::cleanup_request(&f).is_none() {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
 
-    let holder = lease
-        .as_ref()
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.holder_identity.clone())
-        .filter(|h| !h.is_empty());
-    let holder_confirmed = lease
-        .as_ref()
-        .and_then(|l| l.metadata.annotations.as_ref())
-        .and_then(|a| a.get(CONFIRMED_ANNOTATION))
-        .is_some_and(|v| v == "true");
-
-    let input = Input {
-        now,
-        policy: r.policy.clone(),
-        candidates: gathered.iter().map(|g| g.view.clone()).collect(),
-        holder: holder.clone(),
-        holder_confirmed,
-        failures: failures.clone(),
-        address: observation.clone(),
-    };
-    let decision = decide::decide(&input);
-    tracing::debug!(feip = %k, ?holder, holder_confirmed, address = ?input.address, candidates = ?input.candidates, ?decision, "decided");
+    let decision = decide::decide(&observed.input);
+    tracing::debug!(feip = %k, input = ?observed.input, ?decision, "decided");
+    let mut failures = observed.input.failures.clone();
     decision.apply_to_failures(&mut failures, now);
-    if let Some((node, kind)) = &decision.record_failure {
-        let count = failures.get(node).map_or(0, |r| r.count);
-        publish(
-            &ctx,
-            &f,
-            EventType::Warning,
-            "Drift",
-            format!(
-                "address is not on holder {node} ({kind}); failure {count} of {}",
-                r.policy.migration_threshold
-            ),
-        )
-        .await;
-        if count >= r.policy.migration_threshold {
-            publish(
-                &ctx,
-                &f,
-                EventType::Warning,
-                "Banned",
-                format!("{node} reached the migration threshold ({count}) and is banned for this address"),
-            )
-            .await;
-        }
-    }
+    let threshold = spec.policy.migration_threshold;
+    publish_all(
+        &ctx,
+        &f,
+        plan::failure_events(&decision, &failures, threshold),
+    )
+    .await;
 
-    // 1. Write the decision to the Lease before any EC2 mutation.
-    let mut lease_holder = holder.clone();
-    let mut confirmed = holder_confirmed;
-    let mut transitions = lease
-        .as_ref()
+    let plan = plan::plan(&spec, &observed, &decision, lease.is_some(), now);
+    write_decision(&ctx, &f, &k, &spec, &plan, lease).await?;
+    let Some(outcome) = act(&ctx, &f, &k, &spec, &observed, &plan, &mut failures, now).await else {
+        return Ok(until_mutation_allowed(&ctx));
+    };
+    let renewed_at = lease
         .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.lease_transitions)
-        .unwrap_or(0);
-    if !r.policy.observe_only {
-        if let Some(change) = &decision.change {
-            if change.from.is_some() && change.to.is_some() && change.from != change.to {
-                transitions += 1;
-            }
-            let detected_at = change
-                .from
-                .as_ref()
-                .and_then(|from| gathered.iter().find(|g| &g.view.node == from))
-                .and_then(|g| g.dead_since)
-                .unwrap_or(now);
-            let record = LeaseRecord {
-                holder: change.to.as_deref(),
-                transitions,
-                confirmed: false,
-                reason: change.reason.as_str(),
-                failover: change
-                    .from
-                    .as_deref()
-                    .filter(|_| change.to.is_some())
-                    .map(|from| FailoverStart { from, detected_at }),
-                duration: lease_duration(&r),
-            };
-            holder_lease::write(&ctx.client, &ctx.leadership, &f, lease.as_deref(), &record)
-                .await?;
-            lease_holder = change.to.clone();
-            confirmed = false;
-            {
-                let mut rt = lock(&ctx.runtime);
-                let rt = rt.entry(k.clone()).or_default();
-                rt.pending = change.to.as_ref().map(|to| PendingFailover {
-                    from: change.from.clone(),
-                    to: to.clone(),
-                    reason: change.reason.as_str().to_string(),
-                    detected_at,
-                });
-            }
-            ctx.metrics.holder_change(change.reason.as_str());
-            let msg = format!(
-                "holder {} -> {} ({})",
-                change.from.as_deref().unwrap_or("none"),
-                change.to.as_deref().unwrap_or("none"),
-                change.reason.as_str()
-            );
-            // detected_at at full precision (status times are whole seconds): feip-bench reads it.
-            tracing::info!(feip = %k, %msg, %detected_at, "holder change");
-            let reason = if change.is_failover() {
-                "Failover"
-            } else if change.to.is_none() {
-                "HolderReleased"
-            } else {
-                "HolderElected"
-            };
-            // Published alongside, not before, the EC2 action: an Event write is not part of
-            // the decision (the Lease is) and took 10-30 ms of every failover.
-            let (ctx, f) = (ctx.clone(), f.clone());
-            tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
-        } else if lease.is_none() && !r.policy.stopped {
-            let record = LeaseRecord {
-                holder: holder.as_deref(),
-                transitions: 0,
-                confirmed: false,
-                reason: "Created",
-                failover: None,
-                duration: lease_duration(&r),
-            };
-            holder_lease::write(&ctx.client, &ctx.leadership, &f, None, &record).await?;
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0);
+    let current = outcome.current.as_ref();
+    let settled = plan::settle(&f, &spec, &observed, &plan, current, renewed_at, now);
+    confirm_lease(&ctx, &f, &k, &spec, &plan, &settled).await;
+    let failover = complete_failover(&ctx, &f, &k, lease, &observed, &plan, &settled).await;
+    clear_pin(&ctx, &f, &settled).await?;
+    ctx.remember(&k, |m| {
+        m.blocked = outcome.blocked.clone();
+        if outcome.error.is_none() {
+            m.failed_attempts = 0;
         }
+    });
+    let status = f.status.clone().unwrap_or_default();
+    let new_status = build_status(StatusInputs {
+        f: &f,
+        spec: &spec,
+        decision: &decision,
+        candidates: &observed.candidates,
+        holder: plan.holder.as_deref(),
+        holder_on_target: settled.holder_on_target,
+        holder_healthy: settled.holder_healthy,
+        current,
+        address_missing: observed.address_missing,
+        failures: &failures,
+        failover_count: status.failover_count + i64::from(failover.is_some()),
+        last_failover: failover.or(status.last_failover),
+        transitions: plan.transitions,
+        cleanup_done: observed.cleanup_done.clone(),
+        action_error: outcome.error.as_ref(),
+        blocked: outcome.blocked.as_deref(),
+        now,
+    });
+    patch_status(&ctx, &f, new_status).await?;
+    // A completed failover stays pending until the status recording it is written: if that
+    // write fails, the next pass records it again instead of losing it.
+    if settled.holder_on_target {
+        ctx.remember(&k, |m| m.pending = None);
     }
+    let next = plan::next(&spec, &decision, &plan, &outcome, settled.holder_on_target);
+    Ok(Requeue::requeue(after(&ctx, &k, &spec, next)))
+}
 
-    // 2. EC2 action, only while leadership is valid with its safety margin.
-    let mut action_error: Option<Ec2Error> = None;
-    let mut current = address_info.clone();
-    let mut blocked = None;
-    match &decision.action {
-        Action::Associate { node, target } if !r.policy.observe_only => {
-            let allocation = address_info.as_ref().map(|a| a.allocation_id.clone());
-            if let Some(allocation) = allocation {
-                if !ctx.leadership.can_mutate() {
-                    return Ok(until_mutation_allowed(&ctx));
+/// Until EC2 has been read for this address (by this leader) nothing would be decided, and
+/// publishing "EC2 unknown" for a moment would write every status twice per restart or
+/// leadership change (2,000 writes at 1,000 addresses): wait for the read, which the woken
+/// monitor makes and which reconciles the address. (When EC2 cannot be read, the reconcile
+/// goes on and reports that instead.)
+fn wait_for_ec2_read(ctx: &Context, f: &FloatingElasticIP, snapshot: &Snapshot) -> Option<Requeue> {
+    if f.status.is_none() || !snapshot.address.read_pending() || snapshot.ec2_unreadable {
+        return None;
+    }
+    ctx.monitor_wake.notify_one();
+    // The read triggers the reconcile; the timer is only a safety net (polling every 200 ms
+    // meant 15,000 idle reconciles per restart at 1,000 addresses).
+    Some(Requeue::requeue(Duration::from_secs(2)))
+}
+
+/// Several objects naming one Elastic IP: only the owner manages it; the others report the
+/// conflict and never write a holder Lease or call EC2 (ownership between tenants).
+async fn report_conflict(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    owner: &FloatingElasticIP,
+    spec: &ResolvedSpec,
+    now: Timestamp,
+) -> Result<Requeue, Error> {
+    let new_status = conflict_status(f, owner, now);
+    let first_report = f.status.as_ref().is_none_or(|s| {
+        s.conditions
+            .iter()
+            .all(|c| !(c.type_ == "Degraded" && c.reason == "AddressConflict"))
+    });
+    let message = new_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    patch_status(ctx, f, new_status).await?;
+    if first_report {
+        publish(ctx, f, EventType::Warning, "AddressConflict", message).await;
+    }
+    Ok(Requeue::requeue(spec.monitor_interval))
+}
+
+/// Step 1: the decision goes to the holder Lease before any EC2 mutation.
+async fn write_decision(
+    ctx: &Arc<Context>,
+    f: &Arc<FloatingElasticIP>,
+    k: &str,
+    spec: &ResolvedSpec,
+    plan: &Plan,
+    lease: Option<&Lease>,
+) -> Result<(), Error> {
+    let Some(record) = plan.lease_record(spec) else {
+        return Ok(());
+    };
+    let existing = lease.filter(|_| plan.change.is_some());
+    holder_lease::write(&ctx.client, &ctx.leadership, f, existing, &record).await?;
+    let Some(change) = &plan.change else {
+        return Ok(());
+    };
+    ctx.remember(k, |m| m.pending = change.pending());
+    ctx.metrics.holder_change(change.reason.as_str());
+    let (reason, msg) = change.event.clone();
+    // detected_at at full precision (status times are whole seconds): feip-bench reads it.
+    tracing::info!(feip = %k, %msg, detected_at = %change.detected_at, "holder change");
+    // Published alongside, not before, the EC2 action: an Event write is not part of the
+    // decision (the Lease is) and took 10-30 ms of every failover.
+    let (ctx, f) = (ctx.clone(), f.clone());
+    tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
+    Ok(())
+}
+
+/// Step 2: the EC2 call, only while this replica's leadership allows it. `None`: the window
+/// closed before anything was sent.
+#[allow(clippy::too_many_arguments)] // the reconcile's state, passed through as it is
+async fn act(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    k: &str,
+    spec: &ResolvedSpec,
+    observed: &Observed,
+    plan: &Plan,
+    failures: &mut BTreeMap<String, FailureRecord>,
+    now: Timestamp,
+) -> Option<Outcome> {
+    let mut outcome = Outcome {
+        current: observed.address.clone(),
+        ..Outcome::default()
+    };
+    match &plan.ec2 {
+        None => {}
+        Some(Ec2Call::Associate {
+            node,
+            allocation_id,
+            target,
+        }) => {
+            if !ctx.leadership.can_mutate() {
+                return None;
+            }
+            match associate(ctx, k, allocation_id, target, spec.confirm_timeout).await {
+                Err(Ec2Error::NotSent { .. }) => return None,
+                Ok(info) => {
+                    let note = format!(
+                        "address associated with {node} ({} {})",
+                        target.network_interface_id, target.private_ip
+                    );
+                    outcome.current = Some(info);
+                    publish(ctx, f, EventType::Normal, "Associated", note).await;
                 }
-                // After a failed pass (an associate that timed out may still have happened),
-                // look before repeating it: the snapshot may predate it (rule 3).
-                let retrying = lock(&ctx.runtime)
-                    .get(&k)
-                    .is_some_and(|rt| rt.failed_attempts > 0);
-                let result = if retrying
-                    && already_on(&ctx, &allocation, &target.network_interface_id).await
-                {
-                    Ok(String::new())
-                } else {
-                    ctx.ec2
-                        .associate(
-                            &ctx.leadership,
-                            &allocation,
-                            &target.network_interface_id,
-                            &target.private_ip,
-                        )
-                        .await
-                };
-                match result {
-                    // The window closed during the budget wait or the look: nothing was sent.
-                    Err(Ec2Error::NotSent { .. }) => return Ok(until_mutation_allowed(&ctx)),
-                    Ok(_) => match confirm(
-                        &ctx,
-                        &allocation,
-                        &target.network_interface_id,
-                        r.confirm_timeout,
-                    )
-                    .await
-                    {
-                        Ok(info) => {
-                            current = Some(info.clone());
-                            lock(&ctx.view).record(info.clone());
-                            publish(
-                                &ctx,
-                                &f,
-                                EventType::Normal,
-                                "Associated",
-                                format!(
-                                    "address associated with {node} ({} {})",
-                                    target.network_interface_id, target.private_ip
-                                ),
-                            )
-                            .await;
-                        }
-                        Err(e) => action_error = Some(e),
-                    },
-                    Err(e) => {
-                        if !e.is_unknown() && e.blames_target() {
-                            let threshold = r.policy.migration_threshold;
-                            decide::record_failure(
-                                &mut failures,
-                                node,
-                                now,
-                                FailureKind::AssociateFailed,
-                                e.to_string(),
-                                Some(threshold),
-                            );
-                            publish(
-                                &ctx,
-                                &f,
-                                EventType::Warning,
-                                "AssociateFailed",
-                                format!("{node} banned after a failed associate: {e}"),
-                            )
-                            .await;
-                        }
-                        action_error = Some(e);
+                Err(e) => {
+                    if !e.is_unknown() && e.blames_target() {
+                        let threshold = spec.policy.migration_threshold;
+                        let (kind, reason) = (FailureKind::AssociateFailed, e.to_string());
+                        decide::record_failure(failures, node, now, kind, reason, Some(threshold));
+                        let note = format!("{node} banned after a failed associate: {e}");
+                        publish(ctx, f, EventType::Warning, "AssociateFailed", note).await;
                     }
+                    outcome.error = Some(e);
                 }
             }
         }
-        Action::Disassociate {
-            association_id: Some(assoc),
-        } if !r.policy.observe_only => {
+        Some(Ec2Call::Disassociate { association_id }) => {
             if !ctx.leadership.can_mutate() {
-                return Ok(until_mutation_allowed(&ctx));
+                return None;
             }
-            match ctx.ec2.disassociate(&ctx.leadership, assoc).await {
-                Err(Ec2Error::NotSent { .. }) => return Ok(until_mutation_allowed(&ctx)),
+            match ctx.ec2.disassociate(&ctx.leadership, association_id).await {
+                Err(Ec2Error::NotSent { .. }) => return None,
                 Ok(()) => {
-                    if let Some(c) = current.as_mut() {
+                    if let Some(c) = outcome.current.as_mut() {
                         c.association_id = None;
                         c.network_interface_id = None;
                         c.private_ip = None;
                         c.instance_id = None;
                         lock(&ctx.view).record(c.clone());
                     }
-                    publish(
-                        &ctx,
-                        &f,
-                        EventType::Normal,
-                        "Disassociated",
-                        "address disassociated (targetState Stopped)".into(),
-                    )
-                    .await;
+                    let note = "address disassociated (targetState Stopped)".to_string();
+                    publish(ctx, f, EventType::Normal, "Disassociated", note).await;
                 }
                 Err(e) => {
-                    blocked = Some(e.to_string());
-                    publish(
-                        &ctx,
-                        &f,
-                        EventType::Warning,
-                        "Blocked",
-                        format!("disassociate failed: {e}"),
-                    )
-                    .await;
-                    action_error = Some(e);
+                    outcome.blocked = Some(e.to_string());
+                    let note = format!("disassociate failed: {e}");
+                    publish(ctx, f, EventType::Warning, "Blocked", note).await;
+                    outcome.error = Some(e);
                 }
             }
         }
-        _ => {}
     }
+    Some(outcome)
+}
 
-    // 3. Confirmation bookkeeping: lease renew/confirm, failover completion, pin clearing.
-    let on_target = |info: &Option<AddressInfo>, node: &str| -> bool {
-        let Some(info) = info else { return false };
-        gathered
-            .iter()
-            .find(|g| g.view.node == node)
-            .and_then(|g| g.view.target.as_ref())
-            .is_some_and(|t| {
-                info.network_interface_id.as_deref() == Some(t.network_interface_id.as_str())
-            })
-    };
-    let holder_on_target = lease_holder
-        .as_deref()
-        .is_some_and(|h| on_target(&current, h));
-    let holder_view = lease_holder
-        .as_ref()
-        .and_then(|h| gathered.iter().find(|g| &g.view.node == h));
-    let holder_healthy = holder_view.is_some_and(|g| g.view.health == NodeHealth::Healthy);
-    if !r.policy.observe_only && lease_holder.is_some() {
-        let renew_due = lease
-            .as_ref()
-            .and_then(|l| l.spec.as_ref())
-            .and_then(|s| s.renew_time.as_ref())
-            .is_none_or(|t| {
-                now.duration_since(t.0)
-                    > jiff::SignedDuration::try_from(lease_duration(&r) / 2).unwrap_or_default()
-            });
-        if holder_on_target && (!confirmed || (holder_healthy && renew_due)) {
-            // Reuse the freshest Lease (ours may have just been written).
-            let fresh = ctx.leases.get(&ObjectRef::new(&lease_name).within(&ns));
-            let reason = fresh
-                .as_ref()
-                .and_then(|l| l.metadata.annotations.as_ref())
-                .and_then(|a| a.get(REASON_ANNOTATION).cloned())
-                .unwrap_or_else(|| "Adopted".into());
-            let record = LeaseRecord {
-                holder: lease_holder.as_deref(),
-                transitions,
-                confirmed: true,
-                reason: &reason,
-                failover: None,
-                duration: lease_duration(&r),
-            };
-            if let Err(e) =
-                holder_lease::write(&ctx.client, &ctx.leadership, &f, fresh.as_deref(), &record)
-                    .await
-            {
-                tracing::debug!(feip = %k, error = %e, "lease confirm deferred");
-            }
-        }
-    }
-    let mut last_failover = status.last_failover.clone();
-    let mut failover_count = status.failover_count;
-    // A completed failover stays pending until the status recording it is written: if that
-    // write fails, the next pass records it again instead of losing it.
-    let mut settle_pending = false;
-    if holder_on_target {
-        settle_pending = true;
-        let pending = lock(&ctx.runtime)
-            .get(&k)
-            .and_then(|rt| rt.pending.clone())
-            .or_else(|| pending_from_lease(lease.as_deref(), holder_confirmed));
-        if let Some(p) = pending
-            .filter(|p| Some(&p.to) == lease_holder.as_ref() && !already_recorded(&status, p))
-        {
-            // Completion is now (after the confirming Describe), not the start of this pass.
-            let completed = Timestamp::now();
-            let duration = completed.duration_since(p.detected_at).unsigned_abs();
-            if p.from.is_some() {
-                failover_count += 1;
-                ctx.metrics.failover(static_reason(&p.reason), duration);
-                publish(
-                    &ctx,
-                    &f,
-                    EventType::Normal,
-                    "FailoverComplete",
-                    format!(
-                        "address confirmed on {} {:.3}s after detection ({})",
-                        p.to,
-                        duration.as_secs_f64(),
-                        p.reason
-                    ),
-                )
-                .await;
-                last_failover = Some(FailoverRecord {
-                    from: p.from.clone(),
-                    to: p.to.clone(),
-                    reason: p.reason.clone(),
-                    detected_at: Some(Time(p.detected_at)),
-                    completed_at: Some(Time(completed)),
-                    duration_seconds: Some(format!("{:.3}", duration.as_secs_f64())),
-                });
-            }
-        }
-        if let Some(pin) = &f.spec.pin
-            && pin.clear_when_done == Some(true)
-            && lease_holder.as_deref() == Some(pin.node.as_str())
-        {
-            let api: Api<FloatingElasticIP> = Api::namespaced(ctx.client.clone(), &ns);
-            let patch = serde_json::json!({"spec": {"pin": null}});
-            api.patch(
-                &f.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+/// AssociateAddress, then its confirmation. After a failed pass (an associate that timed out
+/// may still have happened) it looks before repeating it: the snapshot may predate it.
+async fn associate(
+    ctx: &Context,
+    k: &str,
+    allocation_id: &str,
+    target: &Target,
+    confirm_timeout: Duration,
+) -> Result<AddressInfo, Ec2Error> {
+    let eni = target.network_interface_id.as_str();
+    let retrying = ctx.memory_of(k).failed_attempts > 0;
+    if !(retrying && already_on(ctx, allocation_id, eni).await) {
+        ctx.ec2
+            .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
             .await?;
-            publish(
-                &ctx,
-                &f,
-                EventType::Normal,
-                "MoveComplete",
-                format!("moved to {}; pin cleared", pin.node),
-            )
-            .await;
-        }
     }
+    let info = confirm(ctx, allocation_id, eni, confirm_timeout).await?;
+    lock(&ctx.view).record(info.clone());
+    Ok(info)
+}
 
-    // 4. Status.
-    {
-        let mut rt = lock(&ctx.runtime);
-        let rt = rt.entry(k.clone()).or_default();
-        rt.blocked = blocked.clone();
-        if action_error.is_none() {
-            rt.failed_attempts = 0;
-        }
+/// Step 3: the Lease confirmed (or renewed) once the address is on the holder. A failed
+/// confirmation is retried by the next pass.
+async fn confirm_lease(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    k: &str,
+    spec: &ResolvedSpec,
+    plan: &Plan,
+    settled: &Settlement,
+) {
+    if !settled.confirm_lease {
+        return;
     }
-    let new_status = build_status(StatusInputs {
-        f: &f,
-        r: &r,
-        decision: &decision,
-        gathered: &gathered,
-        holder: lease_holder.as_deref(),
-        holder_on_target,
-        holder_healthy,
-        current: current.as_ref(),
-        address_missing,
-        failures: &failures,
-        failover_count,
-        last_failover,
-        transitions,
-        cleanup_done,
-        action_error: action_error.as_ref(),
-        blocked: blocked.as_deref(),
-        now,
-    });
-    patch_status(&ctx, &f, new_status).await?;
-    if settle_pending && let Some(rt) = lock(&ctx.runtime).get_mut(&k) {
-        rt.pending = None;
+    // Reuse the freshest Lease (ours may have just been written).
+    let ns = f.namespace().unwrap_or_default();
+    let fresh = ctx.leases.get(&ObjectRef::new(&f.lease_name()).within(&ns));
+    let reason = fresh
+        .as_ref()
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(REASON_ANNOTATION).cloned())
+        .unwrap_or_else(|| "Adopted".into());
+    let record = LeaseRecord {
+        holder: plan.holder.as_deref(),
+        transitions: plan.transitions,
+        confirmed: true,
+        reason: &reason,
+        failover: None,
+        duration: lease_duration(spec),
+    };
+    let written =
+        holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await;
+    if let Err(e) = written {
+        tracing::debug!(feip = %k, error = %e, "lease confirm deferred");
     }
+}
 
-    // 5. When to look again.
-    let soon = Duration::from_millis(200);
-    let requeue = match &action_error {
-        // A banned target: move on to the next candidate at once. Other definite errors
-        // (a refused disassociate, an unknown allocation) back off like unknown ones.
-        Some(e)
-            if !e.is_unknown()
-                && e.blames_target()
-                && matches!(decision.action, Action::Associate { .. }) =>
-        {
-            soon
-        }
-        Some(_) => {
-            let attempts = {
-                let mut rt = lock(&ctx.runtime);
-                let rt = rt.entry(k.clone()).or_default();
-                rt.failed_attempts = rt.failed_attempts.saturating_add(1);
-                rt.failed_attempts
-            };
+/// A `clearWhenDone` pin whose node holds the address is removed.
+async fn clear_pin(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    settled: &Settlement,
+) -> Result<(), Error> {
+    let Some(node) = &settled.clear_pin else {
+        return Ok(());
+    };
+    let api: Api<FloatingElasticIP> =
+        Api::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"spec": {"pin": null}});
+    api.patch(
+        &f.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    let note = format!("moved to {node}; pin cleared");
+    publish(ctx, f, EventType::Normal, "MoveComplete", note).await;
+    Ok(())
+}
+
+/// The failover this pass completes (the address is on the new holder): metric and event;
+/// its record goes to the status. The pending failover is this process's, or the one a
+/// previous leader recorded on the Lease.
+async fn complete_failover(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    k: &str,
+    lease: Option<&Lease>,
+    observed: &Observed,
+    plan: &Plan,
+    settled: &Settlement,
+) -> Option<FailoverRecord> {
+    if !settled.holder_on_target {
+        return None;
+    }
+    let pending = ctx
+        .memory_of(k)
+        .pending
+        .or_else(|| pending_from_lease(lease, observed.input.holder_confirmed));
+    let status = f.status.clone().unwrap_or_default();
+    let completed = Timestamp::now(); // after the confirming Describe, not the pass's start
+    let done =
+        plan::completed_failover(pending.as_ref(), plan.holder.as_deref(), &status, completed)?;
+    ctx.metrics.failover(done.reason.as_str(), done.duration);
+    let note = format!(
+        "address confirmed on {} {:.3}s after detection ({})",
+        done.record.to,
+        done.duration.as_secs_f64(),
+        done.record.reason
+    );
+    publish(ctx, f, EventType::Normal, "FailoverComplete", note).await;
+    Some(done.record)
+}
+
+async fn publish_all(ctx: &Context, f: &FloatingElasticIP, events: Vec<EventNote>) {
+    for (type_, reason, note) in events {
+        publish(ctx, f, type_, reason, note).await;
+    }
+}
+
+/// The requeue delay for `next`; a backoff step counts the address's failed attempt.
+fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next) -> Duration {
+    match next {
+        Next::Soon => Duration::from_millis(200),
+        Next::Backoff => {
+            let attempts = ctx.remember(k, |m| {
+                m.failed_attempts = m.failed_attempts.saturating_add(1);
+                m.failed_attempts
+            });
             backoff(attempts)
-        }
-        None if decision.change.is_some()
-            || (lease_holder.is_some() && !holder_on_target && !r.policy.observe_only) =>
-        {
-            soon
         }
         // Jittered, so addresses reconciled together (a restart) spread over the interval
         // instead of arriving in bursts that delay an urgent reconcile.
-        None => r.monitor_interval.mul_f64(rand::random_range(0.9..1.1)),
-    };
-    Ok(Requeue::requeue(requeue))
-}
-
-pub(super) fn static_reason(reason: &str) -> &'static str {
-    use decide::ChangeReason::*;
-    for r in [
-        HolderDead,
-        HolderIneligible,
-        HolderRemoved,
-        HolderBanned,
-        Drift,
-        AssociateFailed,
-        Pinned,
-        Failback,
-        Elected,
-        Adopted,
-        Stopped,
-    ] {
-        if r.as_str() == reason {
-            return r.as_str();
-        }
+        Next::Interval => spec.monitor_interval.mul_f64(rand::random_range(0.9..1.1)),
     }
-    "Other"
 }
 
 /// A fresh DescribeAddresses says the address is on `eni` (false when EC2 does not answer).

@@ -25,7 +25,7 @@ pub(super) async fn cleanup(
     // take the owner's address away.
     let retain = f.spec.release_policy == Some(ReleasePolicy::Retain)
         || f.spec.management == Some(Management::ObserveOnly)
-        || conflicting_owner(&ctx, &f, None).is_some();
+        || conflicting_owner(&f, &ctx.snapshot(&f), None).is_some();
     if !retain {
         let (allocs, ips): (Vec<String>, Vec<String>) = (
             f.spec.allocation_id.iter().cloned().collect(),
@@ -92,7 +92,7 @@ pub(super) async fn cleanup(
         }
     }
     holder_lease::delete(&ctx.client, &ctx.leadership, &f).await?;
-    lock(&ctx.runtime).remove(&k);
+    lock(&ctx.memory).remove(&k);
     Ok(Requeue::await_change())
 }
 

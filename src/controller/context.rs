@@ -12,10 +12,14 @@ use tokio::sync::Notify;
 
 use crate::aws::{AddressInfo, AddressSnapshot, Ec2, InstanceInfo};
 use crate::crd::FloatingElasticIP;
-use crate::decide::Target;
-use crate::health::{Heartbeats, Probes};
+use crate::decide::{ChangeReason, Target};
+use crate::health::{Heartbeats, ProbeSignal, Probes};
+use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+
+use super::observe::{AddressLookup, Listed, listed_candidates, lookup_address};
+use super::spec::ResolvedSpec;
 
 /// Controller settings (from flags).
 #[derive(Clone, Debug)]
@@ -54,8 +58,8 @@ impl Ec2View {
 }
 
 /// In-memory state per address that does not need to survive a restart.
-#[derive(Default)]
-pub(super) struct Runtime {
+#[derive(Clone, Default)]
+pub(super) struct AddressMemory {
     pub(super) healthy_since: HashMap<String, Timestamp>,
     pub(super) pending: Option<PendingFailover>,
     pub(super) failed_attempts: u32,
@@ -69,7 +73,7 @@ pub(super) struct Runtime {
 pub(super) struct PendingFailover {
     pub(super) from: Option<String>,
     pub(super) to: String,
-    pub(super) reason: String,
+    pub(super) reason: ChangeReason,
     pub(super) detected_at: Timestamp,
 }
 
@@ -86,7 +90,7 @@ pub struct Context {
     pub(super) heartbeats: Arc<Heartbeats>,
     pub(super) probes: Arc<Probes>,
     pub(super) view: Mutex<Ec2View>,
-    pub(super) runtime: Mutex<HashMap<String, Runtime>>,
+    pub(super) memory: Mutex<HashMap<String, AddressMemory>>,
     /// Wakes the monitor early (a new address or instance to learn about).
     pub(super) monitor_wake: Notify,
     /// Set once the monitor has read EC2 after this replica became leader: a new leader acts
@@ -125,6 +129,102 @@ impl Context {
         )
     }
 
+    /// Every cache and lock read a reconcile needs about its address and its ownership, at
+    /// one instant.
+    pub(super) fn snapshot(&self, f: &FloatingElasticIP) -> Snapshot {
+        let fresh = self
+            .fresh_since_leadership
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let ns = f.namespace().unwrap_or_default();
+        let view = lock(&self.view);
+        Snapshot {
+            address: lookup_address(&view, fresh, f),
+            ec2_unreadable: view.addresses_error.is_some(),
+            ip_to_allocation: view
+                .addresses
+                .by_public_ip
+                .iter()
+                .map(|(ip, a)| (ip.clone(), a.allocation_id.clone()))
+                .collect(),
+            feips: self.feips.state(),
+            lease: self
+                .leases
+                .get(&ObjectRef::new(&f.lease_name()).within(&ns)),
+        }
+    }
+
+    /// What the caches say about each candidate: its Node, instance, heartbeat and probe. A
+    /// probe the address asks for starts here on first use (its verdict triggers a reconcile).
+    pub(super) fn candidate_readings(
+        &self,
+        f: &FloatingElasticIP,
+        spec: &ResolvedSpec,
+    ) -> CandidateReadings {
+        let listed = listed_candidates(f, &self.nodes);
+        let (mut list, instances_error) = {
+            let view = lock(&self.view);
+            let list: Vec<CandidateReading> = listed
+                .into_iter()
+                .map(|listed| {
+                    let node = self
+                        .nodes
+                        .get(&ObjectRef::new(&listed.node))
+                        .map(|n| NodeFacts::of(&n));
+                    let id = node.as_ref().and_then(NodeFacts::instance_id);
+                    CandidateReading {
+                        instance: id.as_ref().and_then(|id| view.instances.get(id).cloned()),
+                        instance_covered: id
+                            .as_ref()
+                            .is_some_and(|id| view.instances_covered.contains(id)),
+                        node,
+                        listed,
+                        heartbeat_age: None,
+                        probe: ProbeSignal::Off,
+                    }
+                })
+                .collect();
+            (list, view.instances_error.clone())
+        };
+        for c in list.iter_mut().filter(|c| c.node.is_some()) {
+            c.heartbeat_age = self.heartbeat_age(&c.listed.node);
+            c.probe = self.probe_signal(c.node.as_ref(), spec);
+        }
+        CandidateReadings {
+            list,
+            region: self.ec2.region().map(str::to_string),
+            instances_error,
+            api_failing: self.leadership.api_failing_since().is_some(),
+        }
+    }
+
+    fn probe_signal(&self, node: Option<&NodeFacts>, spec: &ResolvedSpec) -> ProbeSignal {
+        let Some(probe) = &spec.probe else {
+            return ProbeSignal::Off;
+        };
+        let Some(ip) = node.and_then(NodeFacts::internal_ip) else {
+            return ProbeSignal::NoInternalIp;
+        };
+        let state = self.probes.state(&probe.of(ip));
+        ProbeSignal::Observed {
+            ip,
+            port: probe.port,
+            failure_threshold: probe.failure_threshold,
+            status: state.status,
+            since_wall: state.since_wall,
+            starting: state.since.elapsed() < probe.period * 2 + probe.timeout,
+        }
+    }
+
+    /// A copy of the address's in-memory state.
+    pub(super) fn memory_of(&self, key: &str) -> AddressMemory {
+        lock(&self.memory).get(key).cloned().unwrap_or_default()
+    }
+
+    /// Changes the address's in-memory state.
+    pub(super) fn remember<R>(&self, key: &str, change: impl FnOnce(&mut AddressMemory) -> R) -> R {
+        change(lock(&self.memory).entry(key.to_string()).or_default())
+    }
+
     /// A gap in observation (a watch failed or re-listed): heartbeat clocks restart as if
     /// this process had just started.
     pub(super) fn restart_heartbeat_clocks(&self) {
@@ -144,4 +244,40 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub(super) fn key(obj: &FloatingElasticIP) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The reads of [`Context::snapshot`].
+pub(super) struct Snapshot {
+    pub(super) address: AddressLookup,
+    /// The last DescribeAddresses failed.
+    pub(super) ec2_unreadable: bool,
+    /// Public IP -> allocation id, from the last DescribeAddresses (for ownership).
+    pub(super) ip_to_allocation: HashMap<String, String>,
+    /// Every FloatingElasticIP in the cache (for ownership).
+    pub(super) feips: Vec<Arc<FloatingElasticIP>>,
+    /// The address's holder Lease.
+    pub(super) lease: Option<Arc<Lease>>,
+}
+
+/// The reads of [`Context::candidate_readings`].
+pub(super) struct CandidateReadings {
+    pub(super) list: Vec<CandidateReading>,
+    /// This controller's EC2 region.
+    pub(super) region: Option<String>,
+    /// The last DescribeInstances error.
+    pub(super) instances_error: Option<String>,
+    /// The API is failing this replica's own requests.
+    pub(super) api_failing: bool,
+}
+
+/// One candidate as the caches describe it.
+pub(super) struct CandidateReading {
+    pub(super) listed: Listed,
+    /// `None`: no Node object of that name.
+    pub(super) node: Option<NodeFacts>,
+    pub(super) instance: Option<InstanceInfo>,
+    /// The instance was part of the last DescribeInstances request.
+    pub(super) instance_covered: bool,
+    pub(super) heartbeat_age: Option<Duration>,
+    pub(super) probe: ProbeSignal,
 }

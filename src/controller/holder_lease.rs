@@ -7,10 +7,11 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::{FloatingElasticIP, FloatingElasticIPStatus};
+use crate::decide::ChangeReason;
 use crate::leader::{Leadership, MutationPermit};
 
 use super::context::PendingFailover;
-use super::observe::Resolved;
+use super::spec::ResolvedSpec;
 use super::{Error, LEASE_LABEL, LEASE_LABEL_VALUE};
 
 /// Lease annotation: the association to the holder was confirmed since it was elected.
@@ -43,13 +44,13 @@ pub(super) fn pending_from_lease(
         to: lease.spec.as_ref()?.holder_identity.clone()?,
         reason: a
             .get(REASON_ANNOTATION)
-            .cloned()
-            .unwrap_or_else(|| "HolderDead".into()),
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(ChangeReason::HolderDead),
         detected_at: a.get(DETECTED_AT_ANNOTATION)?.parse().ok()?,
     })
 }
 
-pub(super) fn lease_duration(r: &Resolved) -> Duration {
+pub(super) fn lease_duration(r: &ResolvedSpec) -> Duration {
     (r.monitor_interval * 3).max(Duration::from_secs(30))
 }
 

@@ -14,6 +14,8 @@ mod context;
 mod holder_lease;
 mod monitor;
 mod observe;
+mod plan;
+mod spec;
 mod status;
 mod triggers;
 
@@ -149,7 +151,7 @@ pub async fn run(
         heartbeats: heartbeats.clone(),
         probes,
         view: Mutex::new(Ec2View::default()),
-        runtime: Mutex::new(HashMap::new()),
+        memory: Mutex::new(HashMap::new()),
         monitor_wake: Notify::new(),
         fresh_since_leadership: std::sync::atomic::AtomicBool::new(false),
         settings,
@@ -271,7 +273,7 @@ pub async fn run(
 
 fn error_policy(obj: Arc<FloatingElasticIP>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_error(err.kind());
-    let mut rt = lock(&ctx.runtime);
+    let mut rt = lock(&ctx.memory);
     let r = rt.entry(key(&obj)).or_default();
     r.failed_attempts = r.failed_attempts.saturating_add(1);
     Requeue::requeue(backoff(r.failed_attempts))

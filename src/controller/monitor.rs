@@ -8,7 +8,7 @@ use crate::aws::{AddressInfo, instance_id_from_provider_id};
 use crate::crd::FloatingElasticIP;
 
 use super::context::{Context, lock};
-use super::observe::DEFAULT_MONITOR_INTERVAL;
+use super::spec::DEFAULT_MONITOR_INTERVAL;
 use super::triggers::reconcile_addresses;
 
 /// The shortest monitor interval any address asks for.

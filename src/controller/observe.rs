@@ -1,126 +1,28 @@
+//! Observation (no client): the caches' readings and the resolved spec in, the decision
+//! input out. Candidate eligibility and targets, the health verdict per node, the network
+//! guard, last known targets, the address lookup and ownership between objects.
+
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 
-use crate::aws::{AddressInfo, instance_id_from_provider_id};
-use crate::crd::{
-    FloatingElasticIP, FloatingElasticIPStatus, Management, ProbeType, STANDBY_LABEL, TargetState,
-};
+use crate::aws::AddressInfo;
+use crate::crd::{FloatingElasticIP, FloatingElasticIPStatus};
 use crate::decide::{
-    CandidateView, Eligibility, FailureKind, FailureRecord, NodeHealth, Policy, Target,
+    AddressObservation, CandidateView, Eligibility, FailureKind, FailureRecord, Input, NodeHealth,
+    Target,
 };
-use crate::health::{ProbeSpec, ProbeStatus};
+use crate::health::{self, NodeSignals};
+use crate::kube_ext::{NodeFacts, selector_matches};
 
-use super::context::{Context, Runtime, lock};
-
-/// Defaults of the spec (section 2 of the product spec).
-pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(10);
-pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(40);
-pub const DEFAULT_PROBE_PORT: u16 = 10250;
-pub const DEFAULT_PROBE_PERIOD: Duration = Duration::from_secs(1);
-pub const DEFAULT_PROBE_FAILURES: u32 = 3;
-
-/// The spec, resolved against defaults.
-pub(super) struct Resolved {
-    pub(super) policy: Policy,
-    pub(super) monitor_interval: Duration,
-    /// How long a mutation may take to become visible in DescribeAddresses.
-    pub(super) confirm_timeout: Duration,
-    pub(super) heartbeat_timeout: Duration,
-    pub(super) probe: Option<(u16, Option<String>, Duration, Duration, u32, u32)>,
-    pub(super) device_index: i32,
-}
-
-pub(super) fn resolve(f: &FloatingElasticIP, now: Timestamp) -> Resolved {
-    let s = &f.spec;
-    let d = |x: Option<kube::core::Duration>| x.map(Duration::from);
-    let to_ts = |t: &Option<Time>| t.as_ref().map(|t| t.0);
-    let failure_timeout = d(s.failure_timeout).filter(|t| !t.is_zero());
-    let _ = now;
-    let policy = Policy {
-        failback: s.failback.as_ref().map(|f| f.policy).unwrap_or_default(),
-        hold_down: s
-            .failback
-            .as_ref()
-            .and_then(|f| d(f.hold_down))
-            .unwrap_or_default(),
-        migration_threshold: s.migration_threshold.unwrap_or(1).max(1) as u32,
-        failure_timeout,
-        allow_takeover: s.allow_takeover.unwrap_or(false),
-        stopped: s.target_state == Some(TargetState::Stopped),
-        observe_only: s.management == Some(Management::ObserveOnly),
-        stop_on_associate_failure: s.on_associate_failure
-            == Some(crate::crd::AssociateFailurePolicy::Stop),
-        pin: s
-            .pin
-            .as_ref()
-            .map(|p| (p.node.clone(), to_ts(&p.expires_at))),
-        bans: s
-            .bans
-            .iter()
-            .flatten()
-            .map(|b| (b.node.clone(), to_ts(&b.expires_at)))
-            .collect(),
-    };
-    let probe_cfg = s
-        .health
-        .as_ref()
-        .and_then(|h| h.probe.clone())
-        .unwrap_or_default();
-    let probe = match probe_cfg.kind {
-        ProbeType::None => None,
-        kind => {
-            let period = d(probe_cfg.period).unwrap_or(DEFAULT_PROBE_PERIOD);
-            let timeout = d(probe_cfg.timeout)
-                .unwrap_or(Duration::from_secs(1))
-                .min(period);
-            let path = (kind == ProbeType::Http)
-                .then(|| probe_cfg.path.clone().unwrap_or_else(|| "/healthz".into()));
-            Some((
-                probe_cfg.port.map_or(DEFAULT_PROBE_PORT, |p| p as u16),
-                path,
-                period,
-                timeout,
-                probe_cfg
-                    .failure_threshold
-                    .map_or(DEFAULT_PROBE_FAILURES, |v| v.max(1) as u32),
-                probe_cfg.success_threshold.map_or(1, |v| v.max(1) as u32),
-            ))
-        }
-    };
-    Resolved {
-        policy,
-        confirm_timeout: s
-            .monitor
-            .as_ref()
-            .and_then(|m| d(m.timeout))
-            .unwrap_or(DEFAULT_CONFIRM_TIMEOUT),
-        monitor_interval: s
-            .monitor
-            .as_ref()
-            .and_then(|m| d(m.interval))
-            .unwrap_or(DEFAULT_MONITOR_INTERVAL),
-        heartbeat_timeout: s
-            .health
-            .as_ref()
-            .and_then(|h| d(h.heartbeat_timeout))
-            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
-        probe,
-        device_index: s
-            .network_interface
-            .as_ref()
-            .and_then(|n| n.device_index)
-            .unwrap_or(0),
-    }
-}
+use super::context::{AddressMemory, CandidateReading, CandidateReadings, Ec2View, Snapshot};
+use super::holder_lease::CONFIRMED_ANNOTATION;
+use super::spec::ResolvedSpec;
 
 /// A candidate as listed (spec order) with its priority and optional secondary private IP.
 pub(super) struct Listed {
@@ -160,36 +62,39 @@ pub(super) fn listed_candidates(f: &FloatingElasticIP, nodes: &Store<Node>) -> V
         .collect()
 }
 
-pub(super) fn selector_matches(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    use kube::core::SelectorExt as _;
-    let Ok(s) = kube::core::Selector::try_from(sel.clone()) else {
-        return false;
-    };
-    s.matches(labels)
-}
-
 /// Everything known about one candidate.
-pub(super) struct Gathered {
+#[derive(Clone, Debug)]
+pub(super) struct CandidateFacts {
     pub(super) view: CandidateView,
     pub(super) instance_id: Option<String>,
+    /// The instance as EC2 last described it (its VPC is the network guard's input).
+    pub(super) vpc_id: Option<String>,
+    /// The instance is known to EC2 (a missing one keeps its last known target).
+    pub(super) instance_known: bool,
     pub(super) dead_since: Option<Timestamp>,
     /// The node's probe started moments ago and has no verdict yet.
     pub(super) probe_pending: bool,
+    /// The instance was never looked up: the monitor should read EC2 now.
+    pub(super) needs_instance_read: bool,
 }
 
-pub(super) fn gather_candidate(
-    ctx: &Context,
-    r: &Resolved,
-    listed: &Listed,
-    rt: &mut Runtime,
-    now: Timestamp,
-) -> Gathered {
-    let node = ctx.nodes.get(&ObjectRef::new(&listed.node));
-    let mut dead_since = None;
-    let mut probe_pending = false;
+/// The context one candidate is judged in.
+pub(super) struct Judging<'a> {
+    pub(super) spec: &'a ResolvedSpec,
+    pub(super) region: Option<&'a str>,
+    pub(super) instances_error: Option<&'a str>,
+    pub(super) api_failing: bool,
+    pub(super) now: Timestamp,
+}
+
+/// One candidate's eligibility, target and health. `healthy_since` is the address's memory
+/// of since when each candidate has been healthy (kept while healthy).
+pub(super) fn candidate_facts(
+    j: &Judging<'_>,
+    c: &CandidateReading,
+    healthy_since: &mut HashMap<String, Timestamp>,
+) -> CandidateFacts {
+    let listed = &c.listed;
     let view = |health, eligibility, target| CandidateView {
         node: listed.node.clone(),
         priority: listed.priority,
@@ -198,9 +103,9 @@ pub(super) fn gather_candidate(
         healthy_since: None,
         target,
     };
-    let Some(node) = node else {
-        rt.healthy_since.remove(&listed.node);
-        return Gathered {
+    let Some(node) = &c.node else {
+        healthy_since.remove(&listed.node);
+        return CandidateFacts {
             view: view(
                 NodeHealth::Dead {
                     reason: "Node object not found".into(),
@@ -211,189 +116,118 @@ pub(super) fn gather_candidate(
                 None,
             ),
             instance_id: None,
+            vpc_id: None,
+            instance_known: false,
             dead_since: None,
             probe_pending: false,
+            needs_instance_read: false,
         };
     };
-
-    // Eligibility: standby label, cordon/drain/termination taints, instance resolution.
-    let labels = node.labels();
-    let spec = node.spec.clone().unwrap_or_default();
-    let terminating_taint = spec.taints.iter().flatten().any(|t| {
-        t.key == "ToBeDeletedByClusterAutoscaler"
-            || t.key == "node.kubernetes.io/out-of-service"
-            || t.key == "karpenter.sh/disrupted"
+    let instance_id = node.instance_id();
+    let instance = c.instance.as_ref();
+    let (eligibility, target) = eligibility_and_target(j, node, listed, c);
+    let verdict = health::verdict(&NodeSignals {
+        ready: node.ready(),
+        heartbeat_age: c.heartbeat_age,
+        heartbeat_timeout: j.spec.heartbeat_timeout,
+        api_failing: j.api_failing,
+        instance,
+        instances_error: j.instances_error,
+        probe: c.probe.clone(),
+        now: j.now,
     });
-    let provider = spec.provider_id.as_deref();
-    let instance_id = provider.and_then(instance_id_from_provider_id);
-    let (instance, instances_covered, instances_error) = {
-        let v = lock(&ctx.view);
-        let i = instance_id
-            .as_ref()
-            .and_then(|id| v.instances.get(id).cloned());
-        let covered = instance_id
-            .as_ref()
-            .is_some_and(|id| v.instances_covered.contains(id));
-        (i, covered, v.instances_error.clone())
+    let since = if verdict.health == NodeHealth::Healthy {
+        Some(*healthy_since.entry(listed.node.clone()).or_insert(j.now))
+    } else {
+        healthy_since.remove(&listed.node);
+        None
     };
-    if instance_id.is_some() && instance.is_none() && !instances_covered {
-        ctx.monitor_wake.notify_one();
+    let mut v = view(verdict.health, eligibility, target);
+    v.healthy_since = since;
+    CandidateFacts {
+        view: v,
+        needs_instance_read: instance_id.is_some() && instance.is_none() && !c.instance_covered,
+        instance_id,
+        vpc_id: instance.and_then(|i| i.vpc_id.clone()),
+        instance_known: instance.is_some(),
+        dead_since: verdict.dead_since,
+        probe_pending: verdict.probe_pending,
     }
-    let mut target = None;
-    let mut eligibility = if labels.get(STANDBY_LABEL).is_some_and(|v| v == "true") {
+}
+
+/// Eligibility (standby label, cordon/drain/termination taints, instance resolution) and the
+/// interface + private IP the address would go to.
+fn eligibility_and_target(
+    j: &Judging<'_>,
+    node: &NodeFacts,
+    listed: &Listed,
+    c: &CandidateReading,
+) -> (Eligibility, Option<Target>) {
+    let mut eligibility = if node.in_standby() {
         Eligibility::Standby
-    } else if spec.unschedulable == Some(true) || terminating_taint {
+    } else if node.cordoned() {
         Eligibility::Cordoned
     } else {
         Eligibility::Eligible
     };
-    let unresolvable = match (provider, &instance_id, &instance) {
-        (None, _, _) => Some("node has no spec.providerID".to_string()),
-        (Some(p), None, _) => Some(format!("providerID {p:?} is not an AWS instance")),
-        (Some(p), Some(id), None) if instances_covered => {
-            Some(match zone_outside_region(p, ctx.ec2.region()) {
-                Some((zone, region)) => {
-                    format!("instance {id} is in {zone}, outside this controller's region {region}")
-                }
-                None => format!("instance {id} not found in EC2 (wrong account or region?)"),
-            })
-        }
-        (_, Some(_), None) => None, // not looked up yet or EC2 unknown: target stays unresolved
-        (_, Some(_), Some(inst)) => match inst.interface(r.device_index) {
-            None => Some(format!(
-                "instance {} has no network interface at device index {}",
-                inst.instance_id, r.device_index
-            )),
-            Some(eni) => {
-                let ip = listed
-                    .private_ip
-                    .clone()
-                    .unwrap_or_else(|| eni.primary_private_ip.clone());
-                if eni.private_ips.contains(&ip) || ip == eni.primary_private_ip {
-                    target = Some(Target {
-                        instance_id: inst.instance_id.clone(),
-                        network_interface_id: eni.network_interface_id.clone(),
-                        private_ip: ip,
-                    });
-                    None
-                } else {
-                    Some(format!(
-                        "private IP {ip} is not on interface {}",
-                        eni.network_interface_id
-                    ))
-                }
-            }
-        },
+    let (target, unresolvable) = match resolve_target(j, node, listed, c) {
+        Ok(target) => (target, None),
+        Err(reason) => (None, Some(reason)),
     };
     if let Some(reason) = unresolvable
         && eligibility == Eligibility::Eligible
     {
         eligibility = Eligibility::Unresolvable { reason };
     }
+    (eligibility, target)
+}
 
-    // Health: any definite "dead" signal wins; an unreadable signal is unknown.
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.status.clone());
-    let mut dead: Option<String> = None;
-    let mut unknown: Option<String> = None;
-    match ready.as_deref() {
-        Some("True") => {}
-        Some(other) => dead = Some(format!("node Ready={other}")),
-        None => unknown = Some("node has no Ready condition".into()),
-    }
-    if dead.is_none()
-        && let Some(age) = ctx.heartbeat_age(&listed.node)
-        && age > r.heartbeat_timeout
-    {
-        if ctx.leadership.api_failing_since().is_some() {
-            // Kubelets cannot renew through an API that cannot serve this replica either.
-            unknown = Some(format!(
-                "kubelet heartbeat unchanged for {}s while the API is failing this controller's requests",
-                age.as_secs()
-            ));
-        } else {
-            dead = Some(format!(
-                "kubelet heartbeat unchanged for {}s",
-                age.as_secs()
-            ));
-            dead_since = Some(
-                now - jiff::SignedDuration::try_from(age - r.heartbeat_timeout).unwrap_or_default(),
-            );
-        }
-    }
-    if dead.is_none()
-        && let Some(inst) = &instance
-        && !inst.is_running()
-    {
-        if inst.state == "pending" {
-            unknown = Some("instance is pending".into());
-        } else {
-            dead = Some(format!("instance {} is {}", inst.instance_id, inst.state));
-        }
-    }
-    if instance.is_none() && instances_error.is_some() && unknown.is_none() {
-        // No instance data at all yet: cannot tell.
-        unknown = instances_error.map(|e| format!("instance state unknown: {e}"));
-    }
-    if let Some((port, path, period, timeout, failures, successes)) = &r.probe {
-        let ip = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse::<IpAddr>().ok());
-        match ip {
-            None => {
-                if unknown.is_none() {
-                    unknown = Some("node has no InternalIP to probe".into());
-                }
-            }
-            Some(ip) => {
-                let state = ctx.probes.state(&ProbeSpec {
-                    ip,
-                    port: *port,
-                    http_path: path.clone(),
-                    period: *period,
-                    timeout: *timeout,
-                    failure_threshold: *failures,
-                    success_threshold: *successes,
-                });
-                match state.status {
-                    ProbeStatus::Dead if dead.is_none() => {
-                        dead = Some(format!("probe of {ip}:{port} failed {failures} times"));
-                        dead_since = Some(state.since_wall);
-                    }
-                    ProbeStatus::Unknown if unknown.is_none() => {
-                        unknown = Some("probe has no verdict yet".into());
-                        probe_pending = state.since.elapsed() < *period * 2 + *timeout;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    let health = match (dead, unknown) {
-        (Some(reason), _) => NodeHealth::Dead { reason },
-        (None, Some(reason)) => NodeHealth::Unknown { reason },
-        (None, None) => NodeHealth::Healthy,
+/// The candidate's target; `Ok(None)` while its instance is not looked up yet or EC2 is
+/// unknown; `Err` says why it can never take the address as configured.
+fn resolve_target(
+    j: &Judging<'_>,
+    node: &NodeFacts,
+    listed: &Listed,
+    c: &CandidateReading,
+) -> Result<Option<Target>, String> {
+    let Some(p) = node.provider_id.as_deref() else {
+        return Err("node has no spec.providerID".to_string());
     };
-    let healthy_since = if health == NodeHealth::Healthy {
-        Some(*rt.healthy_since.entry(listed.node.clone()).or_insert(now))
+    let Some(id) = node.instance_id() else {
+        return Err(format!("providerID {p:?} is not an AWS instance"));
+    };
+    let Some(inst) = &c.instance else {
+        if !c.instance_covered {
+            return Ok(None); // not looked up yet or EC2 unknown: target stays unresolved
+        }
+        return Err(match zone_outside_region(p, j.region) {
+            Some((zone, region)) => {
+                format!("instance {id} is in {zone}, outside this controller's region {region}")
+            }
+            None => format!("instance {id} not found in EC2 (wrong account or region?)"),
+        });
+    };
+    let Some(eni) = inst.interface(j.spec.device_index) else {
+        return Err(format!(
+            "instance {} has no network interface at device index {}",
+            inst.instance_id, j.spec.device_index
+        ));
+    };
+    let ip = listed
+        .private_ip
+        .clone()
+        .unwrap_or_else(|| eni.primary_private_ip.clone());
+    if eni.private_ips.contains(&ip) || ip == eni.primary_private_ip {
+        Ok(Some(Target {
+            instance_id: inst.instance_id.clone(),
+            network_interface_id: eni.network_interface_id.clone(),
+            private_ip: ip,
+        }))
     } else {
-        rt.healthy_since.remove(&listed.node);
-        None
-    };
-    let mut v = view(health, eligibility, target);
-    v.healthy_since = healthy_since;
-    Gathered {
-        view: v,
-        instance_id,
-        dead_since,
-        probe_pending,
+        Err(format!(
+            "private IP {ip} is not on interface {}",
+            eni.network_interface_id
+        ))
     }
 }
 
@@ -424,38 +258,287 @@ pub(super) fn failures_from_status(
         .collect()
 }
 
-/// The address as EC2 last reported it, or None while unknown / not yet looked up.
-pub(super) fn observe_address(
-    ctx: &Context,
+/// A new `cleanup.requestId`: failure counts to reset, once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct CleanupRequest {
+    pub(super) request_id: String,
+    /// `None` = every node.
+    pub(super) node: Option<String>,
+}
+
+/// The object's cleanup request when it has not been carried out yet.
+pub(super) fn cleanup_request(f: &FloatingElasticIP) -> Option<CleanupRequest> {
+    let c = f.spec.cleanup.as_ref()?;
+    let done = f
+        .status
+        .as_ref()
+        .and_then(|s| s.last_cleanup_request_id.as_deref());
+    (done != Some(c.request_id.as_str())).then(|| CleanupRequest {
+        request_id: c.request_id.clone(),
+        node: c.node.clone(),
+    })
+}
+
+/// Everything one reconcile observed, in the form the later steps use.
+pub(super) struct Observed {
+    pub(super) input: Input,
+    pub(super) candidates: Vec<CandidateFacts>,
+    pub(super) address: Option<AddressInfo>,
+    /// EC2 has no such address.
+    pub(super) address_missing: bool,
+    /// The last cleanup request carried out (this one included).
+    pub(super) cleanup_done: Option<String>,
+    /// The holder Lease's transition count.
+    pub(super) transitions: i32,
+    /// A candidate's probe is about to give its first verdict.
+    pub(super) probe_pending: bool,
+    /// Some instance was never looked up: the monitor should read EC2 now.
+    pub(super) needs_instance_read: bool,
+}
+
+/// The observation of one reconcile (no client): candidates judged, the network guard, last
+/// known targets, the decision input. `memory` is the address's in-memory state (healthy
+/// since, last known targets), updated here.
+pub(super) fn observe(
     f: &FloatingElasticIP,
-) -> Result<Option<AddressInfo>, (bool, String)> {
-    // A new leader acts only on EC2 data it read itself: until then the address is unknown,
-    // so it decides nothing on EC2's behalf and adopts whatever it then finds (no remap).
-    if !ctx
-        .fresh_since_leadership
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        return Err((
-            false,
-            "no EC2 read yet since this replica became leader".into(),
-        ));
+    spec: &ResolvedSpec,
+    address: AddressObserved,
+    readings: &CandidateReadings,
+    lease: Option<&Lease>,
+    memory: &mut AddressMemory,
+    now: Timestamp,
+) -> Observed {
+    let status = f.status.clone().unwrap_or_default();
+    let mut failures = failures_from_status(&status);
+    let cleanup = cleanup_request(f);
+    if let Some(c) = &cleanup {
+        match &c.node {
+            Some(n) => {
+                failures.remove(n);
+            }
+            None => failures.clear(),
+        }
     }
-    let v = lock(&ctx.view);
-    if let Some(e) = &v.addresses_error {
-        return Err((false, e.clone()));
+    let judging = Judging {
+        spec,
+        region: readings.region.as_deref(),
+        instances_error: readings.instances_error.as_deref(),
+        api_failing: readings.api_failing,
+        now,
+    };
+    let mut candidates: Vec<CandidateFacts> = readings
+        .list
+        .iter()
+        .map(|c| candidate_facts(&judging, c, &mut memory.healthy_since))
+        .collect();
+    exclude_other_networks(&mut candidates, address.info.as_ref());
+    keep_known_targets(&mut candidates, &mut memory.known_targets);
+    let lease_spec = lease.and_then(|l| l.spec.as_ref());
+    let holder = lease_spec
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty());
+    holder_keeps_its_target(
+        &mut candidates,
+        &status,
+        lease_spec.and_then(|s| s.holder_identity.as_deref()),
+    );
+    let holder_confirmed = lease
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(CONFIRMED_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Observed {
+        input: Input {
+            now,
+            policy: spec.policy.clone(),
+            candidates: candidates.iter().map(|c| c.view.clone()).collect(),
+            holder,
+            holder_confirmed,
+            failures,
+            address: address.observation,
+        },
+        probe_pending: candidates.iter().any(|c| c.probe_pending),
+        needs_instance_read: candidates.iter().any(|c| c.needs_instance_read),
+        candidates,
+        address: address.info,
+        address_missing: address.missing,
+        cleanup_done: cleanup
+            .map(|c| c.request_id)
+            .or(status.last_cleanup_request_id),
+        transitions: lease_spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+    }
+}
+
+/// Candidates in another VPC than the address's network are not eligible.
+fn exclude_other_networks(candidates: &mut [CandidateFacts], address: Option<&AddressInfo>) {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(candidates[i].view.priority));
+    let placed: Vec<(String, Option<String>, Option<String>)> = order
+        .iter()
+        .map(|&i| {
+            let c = &candidates[i];
+            let eni = c
+                .view
+                .target
+                .as_ref()
+                .map(|t| t.network_interface_id.clone());
+            (c.view.node.clone(), c.vpc_id.clone(), eni)
+        })
+        .collect();
+    let on = address.and_then(|a| a.network_interface_id.as_deref());
+    for (node, reason) in vpc_mismatches(&placed, on) {
+        if let Some(c) = candidates.iter_mut().find(|c| c.view.node == node)
+            && c.view.eligibility == Eligibility::Eligible
+        {
+            c.view.eligibility = Eligibility::Unresolvable { reason };
+        }
+    }
+}
+
+/// A candidate whose instance cannot be resolved any more (so it is not eligible) keeps its
+/// last resolved target, for ownership only: an address on that interface stays ours. Not
+/// when its instance is known and the interface or private IP no longer fits, and never for
+/// an eligible node (a new instance not looked up yet must not get a stale target).
+fn keep_known_targets(candidates: &mut [CandidateFacts], known: &mut HashMap<String, Target>) {
+    for c in candidates.iter_mut() {
+        match &c.view.target {
+            Some(t) => {
+                known.insert(c.view.node.clone(), t.clone());
+            }
+            None if c.view.eligibility != Eligibility::Eligible && !c.instance_known => {
+                c.view.target = known.get(&c.view.node).cloned();
+            }
+            None => {}
+        }
+    }
+}
+
+/// The holder keeps its last known target (from status) when it can no longer be resolved
+/// (its Node object deleted, its providerID gone): the address on that interface is feip's
+/// own association, not a foreign one, and must still be moved off it. (Status survives a
+/// restart or a change of leader; the in-memory targets do not.)
+fn holder_keeps_its_target(
+    candidates: &mut [CandidateFacts],
+    status: &FloatingElasticIPStatus,
+    lease_holder: Option<&str>,
+) {
+    if let Some(last) = status.holder.as_ref()
+        && lease_holder == Some(last.node.as_str())
+        && let (Some(instance_id), Some(eni), Some(ip)) = (
+            &last.instance_id,
+            &last.network_interface_id,
+            &last.private_ip_address,
+        )
+        && let Some(c) = candidates.iter_mut().find(|c| {
+            c.view.node == last.node
+                && c.view.target.is_none()
+                && c.view.eligibility != Eligibility::Eligible
+        })
+    {
+        c.view.target = Some(Target {
+            instance_id: instance_id.clone(),
+            network_interface_id: eni.clone(),
+            private_ip: ip.clone(),
+        });
+    }
+}
+
+/// What the monitor's last DescribeAddresses says about an object's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum AddressLookup {
+    Found(AddressInfo),
+    /// Looked up, and EC2 has no such address (in this account and region).
+    Absent,
+    /// No EC2 read yet since this replica became leader.
+    NotReadSinceLeadership,
+    /// The address is new to the monitor: the next read covers it.
+    NotLookedUpYet,
+    /// DescribeAddresses failed.
+    Unreadable(String),
+    NoAddressInSpec,
+}
+
+impl AddressLookup {
+    /// Why the address's state is unknown (`None` when it was looked up).
+    fn unknown_reason(&self) -> Option<String> {
+        match self {
+            AddressLookup::Found(_) | AddressLookup::Absent => None,
+            AddressLookup::NotReadSinceLeadership => {
+                Some("no EC2 read yet since this replica became leader".into())
+            }
+            AddressLookup::NotLookedUpYet => Some("not looked up yet".into()),
+            AddressLookup::Unreadable(e) => Some(e.clone()),
+            AddressLookup::NoAddressInSpec => Some("no address in spec".into()),
+        }
+    }
+
+    /// The first reconcile after a restart or a leadership change waits for the monitor's
+    /// read instead of reporting "EC2 unknown" for a moment.
+    pub(super) fn read_pending(&self) -> bool {
+        matches!(
+            self,
+            AddressLookup::NotReadSinceLeadership | AddressLookup::NotLookedUpYet
+        )
+    }
+}
+
+/// The address in the EC2 view. A new leader acts only on EC2 data it read itself (`fresh`):
+/// until then the address is unknown, so it decides nothing on EC2's behalf and adopts
+/// whatever it then finds (no remap).
+pub(super) fn lookup_address(view: &Ec2View, fresh: bool, f: &FloatingElasticIP) -> AddressLookup {
+    if !fresh {
+        return AddressLookup::NotReadSinceLeadership;
+    }
+    if let Some(e) = &view.addresses_error {
+        return AddressLookup::Unreadable(e.clone());
     }
     let (k, found) = match (&f.spec.allocation_id, &f.spec.public_ip) {
-        (Some(a), _) => (a.clone(), v.addresses.by_allocation.get(a).cloned()),
-        (None, Some(p)) => (p.clone(), v.addresses.by_public_ip.get(p).cloned()),
-        (None, None) => return Err((true, "no address in spec".into())),
+        (Some(a), _) => (a, view.addresses.by_allocation.get(a)),
+        (None, Some(p)) => (p, view.addresses.by_public_ip.get(p)),
+        (None, None) => return AddressLookup::NoAddressInSpec,
     };
-    if found.is_some() {
-        return Ok(found);
+    match found {
+        Some(a) => AddressLookup::Found(a.clone()),
+        None if view.covered.contains(k) => AddressLookup::Absent,
+        None => AddressLookup::NotLookedUpYet,
     }
-    if v.covered.contains(&k) {
-        Ok(None)
-    } else {
-        Err((false, "not looked up yet".into()))
+}
+
+/// The address as `decide` sees it.
+pub(super) struct AddressObserved {
+    pub(super) observation: AddressObservation,
+    pub(super) info: Option<AddressInfo>,
+    /// EC2 has no such address.
+    pub(super) missing: bool,
+}
+
+pub(super) fn observe_address(lookup: &AddressLookup) -> AddressObserved {
+    match lookup {
+        AddressLookup::Found(a) => AddressObserved {
+            observation: match &a.network_interface_id {
+                Some(eni) => AddressObservation::Associated {
+                    network_interface_id: eni.clone(),
+                    private_ip: a.private_ip.clone(),
+                    association_id: a.association_id.clone(),
+                },
+                None => AddressObservation::Unassociated,
+            },
+            info: Some(a.clone()),
+            missing: false,
+        },
+        AddressLookup::Absent => AddressObserved {
+            observation: AddressObservation::Unknown {
+                reason: "address not found in EC2".into(),
+            },
+            info: None,
+            missing: true,
+        },
+        other => AddressObserved {
+            observation: AddressObservation::Unknown {
+                reason: other.unknown_reason().unwrap_or_default(),
+            },
+            info: None,
+            missing: false,
+        },
     }
 }
 
@@ -574,25 +657,26 @@ pub(super) fn address_owner<'a>(
 /// The object that owns the address `f` names, if that is another object. `observed` is the
 /// allocation id `f`'s address was just observed to have, when known.
 pub(super) fn conflicting_owner(
-    ctx: &Context,
     f: &FloatingElasticIP,
+    snapshot: &Snapshot,
     observed: Option<&str>,
 ) -> Option<Arc<FloatingElasticIP>> {
-    let mut ip_to_allocation: HashMap<String, String> = lock(&ctx.view)
-        .addresses
-        .by_public_ip
-        .iter()
-        .map(|(ip, a)| (ip.clone(), a.allocation_id.clone()))
-        .collect();
+    let mut ip_to_allocation = snapshot.ip_to_allocation.clone();
     if let (Some(ip), Some(a)) = (&f.spec.public_ip, observed) {
         ip_to_allocation.insert(ip.clone(), a.to_string());
     }
-    let all = ctx.feips.state();
-    address_owner(f, &all, |x| address_identity(x, &ip_to_allocation)).cloned()
+    address_owner(f, &snapshot.feips, |x| {
+        address_identity(x, &ip_to_allocation)
+    })
+    .cloned()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
     use crate::controller::context::observed_age;
 

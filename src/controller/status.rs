@@ -15,7 +15,8 @@ use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth};
 
 use super::Error;
 use super::context::Context;
-use super::observe::{Gathered, Resolved};
+use super::observe::CandidateFacts;
+use super::spec::ResolvedSpec;
 
 /// Status of an object that names an address another (older) object manages.
 pub(super) fn conflict_status(
@@ -68,9 +69,9 @@ pub(super) fn conflict_status(
 
 pub(super) struct StatusInputs<'a> {
     pub(super) f: &'a FloatingElasticIP,
-    pub(super) r: &'a Resolved,
+    pub(super) spec: &'a ResolvedSpec,
     pub(super) decision: &'a Decision,
-    pub(super) gathered: &'a [Gathered],
+    pub(super) candidates: &'a [CandidateFacts],
     pub(super) holder: Option<&'a str>,
     pub(super) holder_on_target: bool,
     pub(super) holder_healthy: bool,
@@ -89,10 +90,10 @@ pub(super) struct StatusInputs<'a> {
 pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
     let old = i.f.status.clone().unwrap_or_default();
     let generation = i.f.metadata.generation;
-    let policy = &i.r.policy;
+    let policy = &i.spec.policy;
     let holder_view = i
         .holder
-        .and_then(|h| i.gathered.iter().find(|g| g.view.node == h));
+        .and_then(|h| i.candidates.iter().find(|g| g.view.node == h));
     let finding = |name: &str| i.decision.notes.iter().find(|n| n.as_str() == name);
     let ec2_unknown = i
         .decision
@@ -238,7 +239,7 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         // (a misspelt node, no providerID, an instance in another region or VPC).
         .or_else(|| {
             let broken: Vec<String> = i
-                .gathered
+                .candidates
                 .iter()
                 .filter_map(|g| match &g.view.eligibility {
                     Eligibility::Unresolvable { reason } => Some(format!("{}: {reason}", g.view.node)),
@@ -277,7 +278,7 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
     );
 
     let holder_status = i.holder.map(|h| {
-        let g = i.gathered.iter().find(|g| g.view.node == h);
+        let g = i.candidates.iter().find(|g| g.view.node == h);
         let t = g.and_then(|g| g.view.target.as_ref());
         let since = old
             .holder

@@ -8,42 +8,15 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 
-use crate::crd::STANDBY_LABEL;
-
 use super::context::{Context, lock};
-use super::observe::DEFAULT_HEARTBEAT_TIMEOUT;
+use super::spec::DEFAULT_HEARTBEAT_TIMEOUT;
+use crate::kube_ext::NodeFacts;
 
-/// Hash of the Node fields feip's eligibility and health verdicts depend on.
+/// The change fingerprint of a Node: the hash of the facts feip's eligibility and health
+/// verdicts read ([`NodeFacts`]), so a change of any of them wakes the addresses that list
+/// the node, and nothing else does.
 pub(super) fn node_fingerprint(node: &Node) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    node.labels().get(STANDBY_LABEL).hash(&mut h);
-    if let Some(spec) = &node.spec {
-        spec.unschedulable.hash(&mut h);
-        spec.provider_id.hash(&mut h);
-        for t in spec.taints.iter().flatten() {
-            (&t.key, &t.effect).hash(&mut h);
-        }
-    }
-    if let Some(status) = &node.status {
-        for c in status
-            .conditions
-            .iter()
-            .flatten()
-            .filter(|c| c.type_ == "Ready")
-        {
-            c.status.hash(&mut h);
-        }
-        for a in status
-            .addresses
-            .iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP")
-        {
-            a.address.hash(&mut h);
-        }
-    }
-    h.finish()
+    NodeFacts::of(node).fingerprint()
 }
 
 /// A heartbeat going stale is the absence of an event, so nothing would wake the controller:
@@ -150,11 +123,7 @@ pub(super) async fn forward_changes(
 }
 
 pub(super) fn internal_ip(node: &Node) -> Option<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-        .and_then(|a| a.address.parse::<IpAddr>().ok())
+    NodeFacts::of(node).internal_ip()
 }
 
 /// Reconciles the addresses whose EC2 state a monitor pass found changed (by allocation id

@@ -2,6 +2,9 @@
 //! change), and active TCP/HTTP probes of a node's InternalIP. Both are tri-state: a signal
 //! that cannot be read is "unknown", never "dead".
 
+mod verdict;
+pub use verdict::{NodeSignals, ProbeSignal, Verdict, verdict};
+
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

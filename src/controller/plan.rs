@@ -1,0 +1,350 @@
+//! Planning (no client): a decision becomes the ordered effects of one reconcile (the
+//! holder-Lease write, then at most one EC2 call), and the outcome of those effects becomes
+//! the follow-up: Lease confirmation, the failover record, the pin to clear, when to look
+//! again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+
+use crate::aws::{AddressInfo, Ec2Error};
+use crate::crd::{FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus};
+use crate::decide::{Action, ChangeReason, Decision, FailureRecord, NodeHealth, Target};
+
+use super::context::PendingFailover;
+use super::holder_lease::{FailoverStart, LeaseRecord, already_recorded, lease_duration};
+use super::observe::Observed;
+use super::spec::ResolvedSpec;
+
+/// An event to publish: type, reason, note.
+pub(super) type EventNote = (EventType, &'static str, String);
+
+/// A holder change to record before any EC2 call.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct PlannedChange {
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
+    pub(super) reason: ChangeReason,
+    /// When the previous holder's failure was detected (now, for other changes).
+    pub(super) detected_at: Timestamp,
+    /// The event published alongside the EC2 action: reason and note.
+    pub(super) event: (&'static str, String),
+}
+
+impl PlannedChange {
+    /// The failover to complete once the address is confirmed on the new holder.
+    pub(super) fn pending(&self) -> Option<PendingFailover> {
+        self.to.as_ref().map(|to| PendingFailover {
+            from: self.from.clone(),
+            to: to.clone(),
+            reason: self.reason,
+            detected_at: self.detected_at,
+        })
+    }
+}
+
+/// The one EC2 call of a reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Ec2Call {
+    Associate {
+        node: String,
+        allocation_id: String,
+        target: Target,
+    },
+    Disassociate {
+        association_id: String,
+    },
+}
+
+/// The effects of one decision, in the order they are carried out.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Plan {
+    /// A holder change to write to the Lease first.
+    pub(super) change: Option<PlannedChange>,
+    /// No change, but the holder Lease does not exist yet: create it.
+    pub(super) create_lease: bool,
+    pub(super) ec2: Option<Ec2Call>,
+    /// The holder once the Lease is written, whether its association is confirmed, and the
+    /// Lease's transition count.
+    pub(super) holder: Option<String>,
+    pub(super) confirmed: bool,
+    pub(super) transitions: i32,
+}
+
+impl Plan {
+    /// What the holder Lease records for the planned change or creation.
+    pub(super) fn lease_record(&self, spec: &ResolvedSpec) -> Option<LeaseRecord<'_>> {
+        let duration = lease_duration(spec);
+        if let Some(c) = &self.change {
+            return Some(LeaseRecord {
+                holder: c.to.as_deref(),
+                transitions: self.transitions,
+                confirmed: false,
+                reason: c.reason.as_str(),
+                failover: c
+                    .from
+                    .as_deref()
+                    .filter(|_| c.to.is_some())
+                    .map(|from| FailoverStart {
+                        from,
+                        detected_at: c.detected_at,
+                    }),
+                duration,
+            });
+        }
+        self.create_lease.then_some(LeaseRecord {
+            holder: self.holder.as_deref(),
+            transitions: 0,
+            confirmed: false,
+            reason: "Created",
+            failover: None,
+            duration,
+        })
+    }
+}
+
+/// The events a decision's failure bookkeeping calls for (`failures` already updated).
+pub(super) fn failure_events(
+    decision: &Decision,
+    failures: &BTreeMap<String, FailureRecord>,
+    threshold: u32,
+) -> Vec<EventNote> {
+    let Some((node, kind)) = &decision.record_failure else {
+        return Vec::new();
+    };
+    let count = failures.get(node).map_or(0, |r| r.count);
+    let mut events = vec![(
+        EventType::Warning,
+        "Drift",
+        format!("address is not on holder {node} ({kind}); failure {count} of {threshold}"),
+    )];
+    if count >= threshold {
+        events.push((
+            EventType::Warning,
+            "Banned",
+            format!(
+                "{node} reached the migration threshold ({count}) and is banned for this address"
+            ),
+        ));
+    }
+    events
+}
+
+/// The effects of `decision`: the Lease write first (a change, or the Lease's creation),
+/// then the EC2 call. Nothing is written for an observe-only object.
+pub(super) fn plan(
+    spec: &ResolvedSpec,
+    observed: &Observed,
+    decision: &Decision,
+    lease_exists: bool,
+    now: Timestamp,
+) -> Plan {
+    let policy = &spec.policy;
+    let holder = observed.input.holder.clone();
+    let mut plan = Plan {
+        change: None,
+        create_lease: false,
+        ec2: None,
+        holder: holder.clone(),
+        confirmed: observed.input.holder_confirmed,
+        transitions: observed.transitions,
+    };
+    if policy.observe_only {
+        return plan;
+    }
+    match &decision.change {
+        Some(change) => {
+            if change.is_failover() && change.from != change.to {
+                plan.transitions += 1;
+            }
+            let detected_at = change
+                .from
+                .as_ref()
+                .and_then(|from| observed.candidates.iter().find(|c| &c.view.node == from))
+                .and_then(|c| c.dead_since)
+                .unwrap_or(now);
+            let event_reason = if change.is_failover() {
+                "Failover"
+            } else if change.to.is_none() {
+                "HolderReleased"
+            } else {
+                "HolderElected"
+            };
+            let note = format!(
+                "holder {} -> {} ({})",
+                change.from.as_deref().unwrap_or("none"),
+                change.to.as_deref().unwrap_or("none"),
+                change.reason.as_str()
+            );
+            plan.holder = change.to.clone();
+            plan.confirmed = false;
+            plan.change = Some(PlannedChange {
+                from: change.from.clone(),
+                to: change.to.clone(),
+                reason: change.reason,
+                detected_at,
+                event: (event_reason, note),
+            });
+        }
+        None => plan.create_lease = !lease_exists && !policy.stopped,
+    }
+    plan.ec2 = match &decision.action {
+        Action::Associate { node, target } => {
+            observed.address.as_ref().map(|a| Ec2Call::Associate {
+                node: node.clone(),
+                allocation_id: a.allocation_id.clone(),
+                target: target.clone(),
+            })
+        }
+        Action::Disassociate {
+            association_id: Some(id),
+        } => Some(Ec2Call::Disassociate {
+            association_id: id.clone(),
+        }),
+        _ => None,
+    };
+    plan
+}
+
+/// What the EC2 step did.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Outcome {
+    /// The address as it is now (confirmed after a mutation).
+    pub(super) current: Option<AddressInfo>,
+    pub(super) error: Option<Ec2Error>,
+    /// Why the release of the address is blocked (a failed disassociate).
+    pub(super) blocked: Option<String>,
+}
+
+/// The follow-up of a reconcile once its effects ran.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Settlement {
+    /// The address is on the holder's target interface.
+    pub(super) holder_on_target: bool,
+    pub(super) holder_healthy: bool,
+    /// Write the Lease again: to confirm the association, or to renew it.
+    pub(super) confirm_lease: bool,
+    /// A `pin.clearWhenDone` pin whose node now holds the address.
+    pub(super) clear_pin: Option<String>,
+}
+
+/// Confirmation bookkeeping: whether the holder has the address, and what to write.
+/// `renewed_at` is the holder Lease's last renewal.
+pub(super) fn settle(
+    f: &FloatingElasticIP,
+    spec: &ResolvedSpec,
+    observed: &Observed,
+    plan: &Plan,
+    current: Option<&AddressInfo>,
+    renewed_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Settlement {
+    let holder = plan.holder.as_deref();
+    let holder_facts = holder.and_then(|h| observed.candidates.iter().find(|c| c.view.node == h));
+    let holder_on_target = current.is_some_and(|info| {
+        holder_facts
+            .and_then(|c| c.view.target.as_ref())
+            .is_some_and(|t| {
+                info.network_interface_id.as_deref() == Some(t.network_interface_id.as_str())
+            })
+    });
+    let holder_healthy = holder_facts.is_some_and(|c| c.view.health == NodeHealth::Healthy);
+    let renew_due = renewed_at.is_none_or(|t| {
+        now.duration_since(t)
+            > jiff::SignedDuration::try_from(lease_duration(spec) / 2).unwrap_or_default()
+    });
+    let confirm_lease = !spec.policy.observe_only
+        && holder.is_some()
+        && holder_on_target
+        && (!plan.confirmed || (holder_healthy && renew_due));
+    let clear_pin = f
+        .spec
+        .pin
+        .as_ref()
+        .filter(|pin| {
+            holder_on_target
+                && pin.clear_when_done == Some(true)
+                && holder == Some(pin.node.as_str())
+        })
+        .map(|pin| pin.node.clone());
+    Settlement {
+        holder_on_target,
+        holder_healthy,
+        confirm_lease,
+        clear_pin,
+    }
+}
+
+/// A failover that completes now: its record for status, its duration and its reason.
+pub(super) struct CompletedFailover {
+    pub(super) record: FailoverRecord,
+    pub(super) duration: Duration,
+    pub(super) reason: ChangeReason,
+}
+
+/// The failover `pending` completes once the address is on `holder` (not when the status
+/// already records it). Only a move from one node counts; a first election does not.
+pub(super) fn completed_failover(
+    pending: Option<&PendingFailover>,
+    holder: Option<&str>,
+    status: &FloatingElasticIPStatus,
+    completed: Timestamp,
+) -> Option<CompletedFailover> {
+    let p = pending.filter(|p| Some(p.to.as_str()) == holder && !already_recorded(status, p))?;
+    p.from.as_ref()?;
+    let duration = completed.duration_since(p.detected_at).unsigned_abs();
+    Some(CompletedFailover {
+        record: FailoverRecord {
+            from: p.from.clone(),
+            to: p.to.clone(),
+            reason: p.reason.as_str().to_string(),
+            detected_at: Some(Time(p.detected_at)),
+            completed_at: Some(Time(completed)),
+            duration_seconds: Some(format!("{:.3}", duration.as_secs_f64())),
+        },
+        duration,
+        reason: p.reason,
+    })
+}
+
+/// When to look again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// In 200 ms: a banned target (move on to the next candidate), a change not yet
+    /// settled, or a holder the address is not on yet.
+    Soon,
+    /// After the address's next backoff step: any other EC2 error (unknown outcomes and
+    /// refusals such as a failed disassociate or an unknown allocation). Errors of the
+    /// reconcile itself back off in `error_policy` with the same counter.
+    Backoff,
+    /// After the monitor interval (jittered).
+    Interval,
+}
+
+pub(super) fn next(
+    spec: &ResolvedSpec,
+    decision: &Decision,
+    plan: &Plan,
+    outcome: &Outcome,
+    holder_on_target: bool,
+) -> Next {
+    match &outcome.error {
+        Some(e)
+            if !e.is_unknown()
+                && e.blames_target()
+                && matches!(decision.action, Action::Associate { .. }) =>
+        {
+            Next::Soon
+        }
+        Some(_) => Next::Backoff,
+        None if decision.change.is_some()
+            || (plan.holder.is_some() && !holder_on_target && !spec.policy.observe_only) =>
+        {
+            Next::Soon
+        }
+        None => Next::Interval,
+    }
+}
