@@ -17,6 +17,9 @@ mod observe;
 mod status;
 mod triggers;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,1 @@
+//! Small builders of FloatingElasticIP, Node, Lease and decision values for the tables.

@@ -1,0 +1,4 @@
+//! Table tests of the controller's pure steps, written against the behaviour before the
+//! controller was restructured: they prove each restructuring step changes nothing.
+
+mod fixtures;
