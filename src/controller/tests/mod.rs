@@ -2,3 +2,4 @@
 //! controller was restructured: they prove each restructuring step changes nothing.
 
 mod fixtures;
+mod status;
