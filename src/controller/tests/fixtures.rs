@@ -31,7 +31,10 @@ pub(super) fn ts(secs: i64) -> Timestamp {
 }
 
 /// A FloatingElasticIP `default/web` at generation 3 with `spec` and an optional status.
-pub(super) fn feip_with(spec: serde_json::Value, status: Option<serde_json::Value>) -> FloatingElasticIP {
+pub(super) fn feip_with(
+    spec: serde_json::Value,
+    status: Option<serde_json::Value>,
+) -> FloatingElasticIP {
     let mut obj = serde_json::json!({
         "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
         "metadata": {"name": "web", "namespace": "default", "generation": 3},
@@ -264,13 +267,18 @@ pub(super) fn assert_cond(
         "{type_}: {c:?}"
     );
     for p in parts {
-        assert!(c.message.contains(p), "{type_} message {:?} lacks {p:?}", c.message);
+        assert!(
+            c.message.contains(p),
+            "{type_} message {:?} lacks {p:?}",
+            c.message
+        );
     }
 }
 
 /// A Node from JSON (`metadata.name` = `name`, `rest` merged at the top level).
 pub(super) fn node_json(name: &str, rest: serde_json::Value) -> Node {
-    let mut obj = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let mut obj =
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
     if let (Some(base), Some(more)) = (obj.as_object_mut(), rest.as_object()) {
         for (k, v) in more {
             if k == "metadata" {

@@ -12,7 +12,12 @@ use super::super::status::conflict_status;
 use super::fixtures::*;
 
 /// One expected condition: type, status, reason, substrings of the message.
-type Expect = (&'static str, &'static str, &'static str, &'static [&'static str]);
+type Expect = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
 
 struct Row {
     name: &'static str,
@@ -74,7 +79,12 @@ fn phase_and_conditions_per_situation() {
             phase: Phase::Associating,
             conditions: vec![
                 ("Ready", "False", "Associating", &["Associating"]),
-                ("Associated", "False", "NotOnHolder", &["203.0.113.10 is not associated"]),
+                (
+                    "Associated",
+                    "False",
+                    "NotOnHolder",
+                    &["203.0.113.10 is not associated"],
+                ),
                 ("HolderHealthy", "True", "Healthy", &[]),
             ],
         },
@@ -91,7 +101,12 @@ fn phase_and_conditions_per_situation() {
             phase: Phase::Failing,
             conditions: vec![
                 ready("False", "Failing"),
-                ("HolderHealthy", "False", "HolderDead", &["node Ready=False"]),
+                (
+                    "HolderHealthy",
+                    "False",
+                    "HolderDead",
+                    &["node Ready=False"],
+                ),
                 ("Associated", "True", "OnHolder", &[]),
             ],
         },
@@ -102,9 +117,19 @@ fn phase_and_conditions_per_situation() {
             }]),
             phase: Phase::Failing,
             conditions: vec![
-                ("Degraded", "True", "NoEligibleCandidate", &["a: standby; b: cordoned"]),
+                (
+                    "Degraded",
+                    "True",
+                    "NoEligibleCandidate",
+                    &["a: standby; b: cordoned"],
+                ),
                 ("Ready", "False", "Failing", &["a: standby; b: cordoned"]),
-                ("HolderHealthy", "False", "NoHolder", &["no node holds the address"]),
+                (
+                    "HolderHealthy",
+                    "False",
+                    "NoHolder",
+                    &["no node holds the address"],
+                ),
             ],
         },
         Row {
@@ -170,7 +195,12 @@ fn phase_and_conditions_per_situation() {
             },
             phase: Phase::Unmanaged,
             conditions: vec![
-                ("Degraded", "True", "DriftObserved", &["address is on eni-x instead of holder a"]),
+                (
+                    "Degraded",
+                    "True",
+                    "DriftObserved",
+                    &["address is on eni-x instead of holder a"],
+                ),
                 ("Ready", "False", "Unmanaged", &["instead of holder a"]),
             ],
         },
@@ -217,14 +247,21 @@ fn phase_and_conditions_per_situation() {
         Row {
             name: "blocked_wins_over_every_other_phase",
             case: StatusCase {
-                f: feip(spec(serde_json::json!({"targetState": "Stopped", "management": "ObserveOnly"}))),
+                f: feip(spec(
+                    serde_json::json!({"targetState": "Stopped", "management": "ObserveOnly"}),
+                )),
                 blocked: Some("DisassociateAddress failed: AuthFailure: denied".into()),
                 address_missing: true,
                 ..StatusCase::active()
             },
             phase: Phase::Blocked,
             conditions: vec![
-                ("Blocked", "True", "DisassociateFailed", &["DisassociateAddress failed: AuthFailure: denied"]),
+                (
+                    "Blocked",
+                    "True",
+                    "DisassociateFailed",
+                    &["DisassociateAddress failed: AuthFailure: denied"],
+                ),
                 ("Ready", "False", "Blocked", &[]),
             ],
         },
@@ -242,7 +279,9 @@ fn phase_and_conditions_per_situation() {
                     "Degraded",
                     "True",
                     "AddressNotFound",
-                    &["the Elastic IP eipalloc-0123456789abcdef0 does not exist in this account and region"],
+                    &[
+                        "the Elastic IP eipalloc-0123456789abcdef0 does not exist in this account and region",
+                    ],
                 ),
                 ("Ready", "False", "Error", &["does not exist"]),
                 ("Associated", "False", "Unknown", &["address state unknown"]),
@@ -251,7 +290,9 @@ fn phase_and_conditions_per_situation() {
         Row {
             name: "error_when_public_ip_missing",
             case: StatusCase {
-                f: feip(spec(serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP}))),
+                f: feip(spec(
+                    serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP}),
+                )),
                 address_missing: true,
                 current: None,
                 ..StatusCase::no_holder(Vec::new())
@@ -278,7 +319,9 @@ fn phase_and_conditions_per_situation() {
                     "Degraded",
                     "True",
                     "Ec2Refused",
-                    &["AssociateAddress failed: UnauthorizedOperation: UnauthorizedOperation message"],
+                    &[
+                        "AssociateAddress failed: UnauthorizedOperation: UnauthorizedOperation message",
+                    ],
                 ),
                 ("Ready", "False", "Error", &["UnauthorizedOperation"]),
             ],
@@ -290,7 +333,12 @@ fn phase_and_conditions_per_situation() {
                 ..StatusCase::active()
             },
             phase: Phase::Error,
-            conditions: vec![("Degraded", "True", "Ec2Refused", &["InvalidAllocationID.NotFound"])],
+            conditions: vec![(
+                "Degraded",
+                "True",
+                "Ec2Refused",
+                &["InvalidAllocationID.NotFound"],
+            )],
         },
         Row {
             name: "associate_failed_blaming_target_is_not_error_phase",
@@ -308,7 +356,12 @@ fn phase_and_conditions_per_situation() {
                     "AssociateFailed",
                     &["AssociateAddress failed: InvalidNetworkInterfaceID.NotFound"],
                 ),
-                ("Ready", "False", "Associating", &["InvalidNetworkInterfaceID.NotFound"]),
+                (
+                    "Ready",
+                    "False",
+                    "Associating",
+                    &["InvalidNetworkInterfaceID.NotFound"],
+                ),
             ],
         },
         Row {
@@ -330,7 +383,9 @@ fn phase_and_conditions_per_situation() {
                     "Degraded",
                     "True",
                     "Ec2Unknown",
-                    &["EC2 state unknown, retrying with backoff (no failover): throttled: RequestLimitExceeded"],
+                    &[
+                        "EC2 state unknown, retrying with backoff (no failover): throttled: RequestLimitExceeded",
+                    ],
                 ),
                 ("Associated", "False", "Unknown", &["address state unknown"]),
             ],
@@ -379,7 +434,12 @@ fn phase_and_conditions_per_situation() {
                 ..StatusCase::active()
             },
             phase: Phase::Active,
-            conditions: vec![("Degraded", "True", "AssociateFailed", &["InvalidInstanceID.NotFound"])],
+            conditions: vec![(
+                "Degraded",
+                "True",
+                "AssociateFailed",
+                &["InvalidInstanceID.NotFound"],
+            )],
         },
         Row {
             name: "address_missing_wins_over_action_error_and_findings",
@@ -410,9 +470,16 @@ fn phase_and_conditions_per_situation() {
                     "Degraded",
                     "True",
                     "ForeignAssociation",
-                    &["the address is associated with eni-x, outside the candidates; set allowTakeover to take it"],
+                    &[
+                        "the address is associated with eni-x, outside the candidates; set allowTakeover to take it",
+                    ],
                 ),
-                ("Associated", "False", "NotOnHolder", &["associated with eni-x"]),
+                (
+                    "Associated",
+                    "False",
+                    "NotOnHolder",
+                    &["associated with eni-x"],
+                ),
             ],
         },
         Row {
@@ -426,7 +493,11 @@ fn phase_and_conditions_per_situation() {
                     }],
                 ),
                 gathered: vec![
-                    gathered("a", unknown("probe has no verdict yet"), Eligibility::Eligible),
+                    gathered(
+                        "a",
+                        unknown("probe has no verdict yet"),
+                        Eligibility::Eligible,
+                    ),
                     healthy("b"),
                 ],
                 holder_healthy: false,
@@ -434,8 +505,18 @@ fn phase_and_conditions_per_situation() {
             },
             phase: Phase::Failing,
             conditions: vec![
-                ("Degraded", "True", "HolderHealthUnknown", &["a: probe has no verdict yet"]),
-                ("HolderHealthy", "False", "HolderHealthUnknown", &["probe has no verdict yet"]),
+                (
+                    "Degraded",
+                    "True",
+                    "HolderHealthUnknown",
+                    &["a: probe has no verdict yet"],
+                ),
+                (
+                    "HolderHealthy",
+                    "False",
+                    "HolderHealthUnknown",
+                    &["probe has no verdict yet"],
+                ),
             ],
         },
         Row {
@@ -464,7 +545,11 @@ fn phase_and_conditions_per_situation() {
             case: StatusCase {
                 gathered: vec![
                     healthy("a"),
-                    gathered("b", NodeHealth::Healthy, unresolvable("node has no spec.providerID")),
+                    gathered(
+                        "b",
+                        NodeHealth::Healthy,
+                        unresolvable("node has no spec.providerID"),
+                    ),
                     gathered("c", dead("gone"), unresolvable("node c not found")),
                     gathered("d", NodeHealth::Healthy, Eligibility::Cordoned),
                 ],
@@ -478,7 +563,12 @@ fn phase_and_conditions_per_situation() {
                     "CandidateUnresolvable",
                     &["b: node has no spec.providerID; c: node c not found"],
                 ),
-                ("Ready", "True", "Active", &["b: node has no spec.providerID"]),
+                (
+                    "Ready",
+                    "True",
+                    "Active",
+                    &["b: node has no spec.providerID"],
+                ),
             ],
         },
         Row {
@@ -502,7 +592,12 @@ fn phase_and_conditions_per_situation() {
                 ..StatusCase::active()
             },
             phase: Phase::Failing,
-            conditions: vec![("HolderHealthy", "False", "NoHolder", &["no node holds the address"])],
+            conditions: vec![(
+                "HolderHealthy",
+                "False",
+                "NoHolder",
+                &["no node holds the address"],
+            )],
         },
     ];
     check(rows);
@@ -528,7 +623,11 @@ fn active_status_fields() {
     assert_eq!(holder.instance_id.as_deref(), Some("i-a"));
     assert_eq!(holder.network_interface_id.as_deref(), Some("eni-a"));
     assert_eq!(holder.private_ip_address.as_deref(), Some("10.0.0.11"));
-    assert_eq!(holder.since, Some(Time(now())), "a new holder is held since now");
+    assert_eq!(
+        holder.since,
+        Some(Time(now())),
+        "a new holder is held since now"
+    );
     let a = st.address.expect("address");
     assert_eq!(a.allocation_id.as_deref(), Some(ALLOC));
     assert_eq!(a.public_ip.as_deref(), Some(PUBLIC_IP));
@@ -538,12 +637,24 @@ fn active_status_fields() {
     let lease = st.lease.expect("lease");
     assert_eq!((lease.name.as_str(), lease.transitions), ("feip-web", 7));
     assert_eq!(st.failover_count, 4);
-    assert_eq!(st.last_failover.map(|l| l.reason).as_deref(), Some("HolderDead"));
+    assert_eq!(
+        st.last_failover.map(|l| l.reason).as_deref(),
+        Some("HolderDead")
+    );
     assert_eq!(st.last_cleanup_request_id.as_deref(), Some("req-1"));
     assert_eq!(st.observed_generation, Some(3));
     assert!(st.nodes.is_empty());
     let types: Vec<&str> = st.conditions.iter().map(|c| c.type_.as_str()).collect();
-    assert_eq!(types, ["Associated", "HolderHealthy", "Degraded", "Blocked", "Ready"]);
+    assert_eq!(
+        types,
+        [
+            "Associated",
+            "HolderHealthy",
+            "Degraded",
+            "Blocked",
+            "Ready"
+        ]
+    );
     for c in &st.conditions {
         assert_eq!(c.observed_generation, Some(3), "{c:?}");
         assert_eq!(c.last_transition_time, Time(now()), "first status: {c:?}");
@@ -591,7 +702,10 @@ fn old_status(holder: &str, ready: &str, since: i64) -> serde_json::Value {
 #[test]
 fn last_transition_time_kept_while_status_unchanged() {
     let st = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "True", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "True", -10)),
+        ),
         ..StatusCase::active()
     }
     .run();
@@ -604,7 +718,10 @@ fn last_transition_time_kept_while_status_unchanged() {
 #[test]
 fn last_transition_time_is_now_when_status_flips() {
     let st = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "False", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "False", -10)),
+        ),
         ..StatusCase::active()
     }
     .run();
@@ -613,30 +730,45 @@ fn last_transition_time_is_now_when_status_flips() {
     // A reason change alone is no transition.
     assert_eq!(cond(&st, "Degraded").reason, "AsExpected");
     let st = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "False", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "False", -10)),
+        ),
         ..StatusCase::no_holder(Vec::new())
     }
     .run();
     let r = cond(&st, "Ready");
-    assert_eq!((r.reason.as_str(), r.last_transition_time.clone()), ("Pending", Time(ts(-100))));
+    assert_eq!(
+        (r.reason.as_str(), r.last_transition_time.clone()),
+        ("Pending", Time(ts(-100)))
+    );
 }
 
 #[test]
 fn holder_since_kept_for_same_holder_only() {
     let same = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "True", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "True", -10)),
+        ),
         ..StatusCase::active()
     }
     .run();
     assert_eq!(same.holder.and_then(|h| h.since), Some(Time(ts(-10))));
     let other = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("b", "True", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("b", "True", -10)),
+        ),
         ..StatusCase::active()
     }
     .run();
     assert_eq!(other.holder.and_then(|h| h.since), Some(Time(now())));
     let none = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "True", -10))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "True", -10)),
+        ),
         ..StatusCase::no_holder(Vec::new())
     }
     .run();
@@ -646,17 +778,10 @@ fn holder_since_kept_for_same_holder_only() {
 #[test]
 fn address_falls_back_to_old_status_then_spec_when_ec2_unknown() {
     let st = StatusCase {
-        f: feip_with(spec(serde_json::json!({})), Some(old_status("a", "True", -10))),
-        current: None,
-        holder_on_target: false,
-        ..StatusCase::active()
-    }
-    .run();
-    let a = st.address.expect("address");
-    assert_eq!(a.public_ip.as_deref(), Some("198.51.100.1"), "old status kept");
-    assert_eq!(a.network_interface_id.as_deref(), Some("eni-old"));
-    let st = StatusCase {
-        f: feip(spec(serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP}))),
+        f: feip_with(
+            spec(serde_json::json!({})),
+            Some(old_status("a", "True", -10)),
+        ),
         current: None,
         holder_on_target: false,
         ..StatusCase::active()
@@ -664,7 +789,27 @@ fn address_falls_back_to_old_status_then_spec_when_ec2_unknown() {
     .run();
     let a = st.address.expect("address");
     assert_eq!(
-        (a.allocation_id, a.public_ip.as_deref(), a.network_interface_id),
+        a.public_ip.as_deref(),
+        Some("198.51.100.1"),
+        "old status kept"
+    );
+    assert_eq!(a.network_interface_id.as_deref(), Some("eni-old"));
+    let st = StatusCase {
+        f: feip(spec(
+            serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP}),
+        )),
+        current: None,
+        holder_on_target: false,
+        ..StatusCase::active()
+    }
+    .run();
+    let a = st.address.expect("address");
+    assert_eq!(
+        (
+            a.allocation_id,
+            a.public_ip.as_deref(),
+            a.network_interface_id
+        ),
         (None, Some(PUBLIC_IP), None),
         "no old status: the spec's identity only"
     );
@@ -675,15 +820,27 @@ fn node_failure_records_with_ban_and_ban_end() {
     let failures = BTreeMap::from([
         (
             "a".to_string(),
-            failure(2, ts(-30), FailureKind::Drift, "the address was found off the holder's target"),
+            failure(
+                2,
+                ts(-30),
+                FailureKind::Drift,
+                "the address was found off the holder's target",
+            ),
         ),
         (
             "b".to_string(),
-            failure(1, ts(-20), FailureKind::AssociateFailed, "InvalidInstanceID"),
+            failure(
+                1,
+                ts(-20),
+                FailureKind::AssociateFailed,
+                "InvalidInstanceID",
+            ),
         ),
     ]);
     let with_timeout = StatusCase {
-        f: feip(spec(serde_json::json!({"migrationThreshold": 2, "failureTimeout": "60s"}))),
+        f: feip(spec(
+            serde_json::json!({"migrationThreshold": 2, "failureTimeout": "60s"}),
+        )),
         failures: failures.clone(),
         ..StatusCase::active()
     }
@@ -693,14 +850,24 @@ fn node_failure_records_with_ban_and_ban_end() {
     };
     assert_eq!((a.node.as_str(), a.failure_count, a.banned), ("a", 2, true));
     assert_eq!(a.last_failure, Some(Time(ts(-30))));
-    assert_eq!(a.banned_until, Some(Time(ts(30))), "last failure + failureTimeout");
+    assert_eq!(
+        a.banned_until,
+        Some(Time(ts(30))),
+        "last failure + failureTimeout"
+    );
     assert_eq!(
         a.last_failure_reason.as_deref(),
         Some("Drift: the address was found off the holder's target")
     );
-    assert_eq!((b.node.as_str(), b.failure_count, b.banned), ("b", 1, false));
+    assert_eq!(
+        (b.node.as_str(), b.failure_count, b.banned),
+        ("b", 1, false)
+    );
     assert_eq!(b.banned_until, None, "not banned: no ban end");
-    assert_eq!(b.last_failure_reason.as_deref(), Some("AssociateFailed: InvalidInstanceID"));
+    assert_eq!(
+        b.last_failure_reason.as_deref(),
+        Some("AssociateFailed: InvalidInstanceID")
+    );
 
     let never_expire = StatusCase {
         f: feip(spec(serde_json::json!({"failureTimeout": "0s"}))),
@@ -708,7 +875,10 @@ fn node_failure_records_with_ban_and_ban_end() {
         ..StatusCase::active()
     }
     .run();
-    assert!(never_expire.nodes.iter().all(|n| n.banned), "threshold 1 bans both");
+    assert!(
+        never_expire.nodes.iter().all(|n| n.banned),
+        "threshold 1 bans both"
+    );
     assert!(
         never_expire.nodes.iter().all(|n| n.banned_until.is_none()),
         "failureTimeout 0s: bans never end"
@@ -744,8 +914,16 @@ fn conflict_status_names_the_owner_and_keeps_counters() {
     assert_cond(&st, "Degraded", "True", "AddressConflict", &[msg]);
     assert_cond(&st, "Ready", "False", "AddressConflict", &["prod/first"]);
     assert_eq!(st.conditions.len(), 2, "only Degraded and Ready");
-    assert_eq!(cond(&st, "Degraded").last_transition_time, Time(ts(-100)), "unchanged status kept");
-    assert_eq!(cond(&st, "Ready").last_transition_time, Time(now()), "True -> False flips");
+    assert_eq!(
+        cond(&st, "Degraded").last_transition_time,
+        Time(ts(-100)),
+        "unchanged status kept"
+    );
+    assert_eq!(
+        cond(&st, "Ready").last_transition_time,
+        Time(now()),
+        "True -> False flips"
+    );
     assert_eq!(cond(&st, "Ready").observed_generation, Some(3));
     assert_eq!(st.failover_count, 5);
     assert_eq!(st.last_failover.map(|l| l.to).as_deref(), Some("a"));
@@ -755,10 +933,21 @@ fn conflict_status_names_the_owner_and_keeps_counters() {
     assert_eq!(st.lease, None);
     assert_eq!(st.observed_generation, Some(3));
     let a = st.address.expect("address");
-    assert_eq!((a.allocation_id.as_deref(), a.public_ip), (Some(ALLOC), None));
+    assert_eq!(
+        (a.allocation_id.as_deref(), a.public_ip),
+        (Some(ALLOC), None)
+    );
 
-    let by_ip = feip(spec(serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP})));
+    let by_ip = feip(spec(
+        serde_json::json!({"allocationId": null, "publicIp": PUBLIC_IP}),
+    ));
     let st = conflict_status(&by_ip, &owner, now());
-    assert_cond(&st, "Degraded", "True", "AddressConflict", &["the Elastic IP 203.0.113.10 is also claimed"]);
+    assert_cond(
+        &st,
+        "Degraded",
+        "True",
+        "AddressConflict",
+        &["the Elastic IP 203.0.113.10 is also claimed"],
+    );
     assert_eq!(st.failover_count, 0);
 }
