@@ -19,6 +19,9 @@ mod spec;
 mod status;
 mod triggers;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

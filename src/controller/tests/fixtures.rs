@@ -1,0 +1,322 @@
+//! Builders shared by the table tests: objects from JSON, candidate views, decisions, EC2
+//! answers and errors, nodes, and a `StatusInputs` case that owns everything it borrows.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::aws::{AddressInfo, Ec2Error};
+use crate::crd::{FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus};
+use crate::decide::{
+    Action, CandidateView, Decision, Eligibility, FailureKind, FailureRecord, Finding, NodeHealth,
+    Target,
+};
+
+use super::super::observe::{Gathered, resolve};
+use super::super::status::{StatusInputs, build_status};
+
+pub(super) const ALLOC: &str = "eipalloc-0123456789abcdef0";
+pub(super) const PUBLIC_IP: &str = "203.0.113.10";
+
+/// A fixed "now": 2026-01-01T00:00:00Z.
+pub(super) fn now() -> Timestamp {
+    ts(0)
+}
+
+/// `now() + secs`.
+pub(super) fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_767_225_600 + secs).expect("valid time")
+}
+
+/// A FloatingElasticIP `default/web` at generation 3 with `spec` and an optional status.
+pub(super) fn feip_with(
+    spec: serde_json::Value,
+    status: Option<serde_json::Value>,
+) -> FloatingElasticIP {
+    let mut obj = serde_json::json!({
+        "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
+        "metadata": {"name": "web", "namespace": "default", "generation": 3},
+        "spec": spec,
+    });
+    if let Some(s) = status {
+        obj["status"] = s;
+    }
+    serde_json::from_value(obj).expect("test object")
+}
+
+pub(super) fn feip(spec: serde_json::Value) -> FloatingElasticIP {
+    feip_with(spec, None)
+}
+
+/// The usual spec: an allocation id and candidates a, b, merged with `extra`.
+pub(super) fn spec(extra: serde_json::Value) -> serde_json::Value {
+    let mut s = serde_json::json!({
+        "allocationId": ALLOC,
+        "candidates": [{"node": "a"}, {"node": "b"}],
+    });
+    if let (Some(base), Some(more)) = (s.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            if v.is_null() {
+                base.remove(k);
+            } else {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    s
+}
+
+pub(super) fn target(node: &str) -> Target {
+    Target {
+        instance_id: format!("i-{node}"),
+        network_interface_id: format!("eni-{node}"),
+        private_ip: format!("10.0.0.{}", node.len() + 10),
+    }
+}
+
+/// A candidate with a resolved target.
+pub(super) fn gathered(node: &str, health: NodeHealth, eligibility: Eligibility) -> Gathered {
+    Gathered {
+        view: CandidateView {
+            node: node.into(),
+            priority: 0,
+            health,
+            eligibility,
+            healthy_since: None,
+            target: Some(target(node)),
+        },
+        instance_id: Some(format!("i-{node}")),
+        dead_since: None,
+        probe_pending: false,
+    }
+}
+
+pub(super) fn healthy(node: &str) -> Gathered {
+    gathered(node, NodeHealth::Healthy, Eligibility::Eligible)
+}
+
+pub(super) fn dead(reason: &str) -> NodeHealth {
+    NodeHealth::Dead {
+        reason: reason.into(),
+    }
+}
+
+pub(super) fn unknown(reason: &str) -> NodeHealth {
+    NodeHealth::Unknown {
+        reason: reason.into(),
+    }
+}
+
+pub(super) fn unresolvable(reason: &str) -> Eligibility {
+    Eligibility::Unresolvable {
+        reason: reason.into(),
+    }
+}
+
+pub(super) fn decision(holder: Option<&str>, notes: Vec<Finding>) -> Decision {
+    Decision {
+        holder: holder.map(str::to_string),
+        change: None,
+        record_failure: None,
+        expire_failures: Vec::new(),
+        action: Action::None,
+        notes,
+    }
+}
+
+/// The address as EC2 reports it, on `node`'s interface or unassociated.
+pub(super) fn address_on(node: Option<&str>) -> AddressInfo {
+    AddressInfo {
+        allocation_id: ALLOC.into(),
+        public_ip: PUBLIC_IP.into(),
+        association_id: node.map(|n| format!("eipassoc-{n}")),
+        network_interface_id: node.map(|n| format!("eni-{n}")),
+        private_ip: node.map(|n| target(n).private_ip),
+        instance_id: node.map(|n| format!("i-{n}")),
+    }
+}
+
+pub(super) fn definite(code: &str) -> Ec2Error {
+    Ec2Error::Definite {
+        operation: "AssociateAddress",
+        code: code.into(),
+        message: format!("{code} message"),
+    }
+}
+
+pub(super) fn unknown_error(reason: &str) -> Ec2Error {
+    Ec2Error::Unknown {
+        operation: "AssociateAddress",
+        reason: reason.into(),
+        throttled: false,
+    }
+}
+
+pub(super) fn failure(count: u32, at: Timestamp, kind: FailureKind, reason: &str) -> FailureRecord {
+    FailureRecord {
+        count,
+        last_failure: at,
+        kind,
+        reason: reason.into(),
+    }
+}
+
+/// Everything `StatusInputs` borrows, owned; defaults to the Active situation: `a` holds the
+/// address, is healthy and the address is on its interface.
+pub(super) struct StatusCase {
+    pub(super) f: FloatingElasticIP,
+    pub(super) decision: Decision,
+    pub(super) gathered: Vec<Gathered>,
+    pub(super) holder: Option<String>,
+    pub(super) holder_on_target: bool,
+    pub(super) holder_healthy: bool,
+    pub(super) current: Option<AddressInfo>,
+    pub(super) address_missing: bool,
+    pub(super) failures: BTreeMap<String, FailureRecord>,
+    pub(super) failover_count: i64,
+    pub(super) last_failover: Option<FailoverRecord>,
+    pub(super) transitions: i32,
+    pub(super) cleanup_done: Option<String>,
+    pub(super) action_error: Option<Ec2Error>,
+    pub(super) blocked: Option<String>,
+    pub(super) now: Timestamp,
+}
+
+impl StatusCase {
+    pub(super) fn active() -> Self {
+        StatusCase {
+            f: feip(spec(serde_json::json!({}))),
+            decision: decision(Some("a"), Vec::new()),
+            gathered: vec![healthy("a"), healthy("b")],
+            holder: Some("a".into()),
+            holder_on_target: true,
+            holder_healthy: true,
+            current: Some(address_on(Some("a"))),
+            address_missing: false,
+            failures: BTreeMap::new(),
+            failover_count: 0,
+            last_failover: None,
+            transitions: 1,
+            cleanup_done: None,
+            action_error: None,
+            blocked: None,
+            now: now(),
+        }
+    }
+
+    /// No holder, address unassociated.
+    pub(super) fn no_holder(notes: Vec<Finding>) -> Self {
+        StatusCase {
+            decision: decision(None, notes),
+            holder: None,
+            holder_on_target: false,
+            holder_healthy: false,
+            current: Some(address_on(None)),
+            ..Self::active()
+        }
+    }
+
+    pub(super) fn run(&self) -> FloatingElasticIPStatus {
+        let r = resolve(&self.f, self.now);
+        build_status(StatusInputs {
+            f: &self.f,
+            r: &r,
+            decision: &self.decision,
+            gathered: &self.gathered,
+            holder: self.holder.as_deref(),
+            holder_on_target: self.holder_on_target,
+            holder_healthy: self.holder_healthy,
+            current: self.current.as_ref(),
+            address_missing: self.address_missing,
+            failures: &self.failures,
+            failover_count: self.failover_count,
+            last_failover: self.last_failover.clone(),
+            transitions: self.transitions,
+            cleanup_done: self.cleanup_done.clone(),
+            action_error: self.action_error.as_ref(),
+            blocked: self.blocked.as_deref(),
+            now: self.now,
+        })
+    }
+}
+
+/// The condition `type_` of `status`; panics (test failure) when it is absent.
+pub(super) fn cond<'a>(status: &'a FloatingElasticIPStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", status.conditions))
+}
+
+/// Asserts a condition's status, reason and that its message contains every `parts`.
+#[track_caller]
+pub(super) fn assert_cond(
+    status: &FloatingElasticIPStatus,
+    type_: &str,
+    expected_status: &str,
+    reason: &str,
+    parts: &[&str],
+) {
+    let c = cond(status, type_);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        (expected_status, reason),
+        "{type_}: {c:?}"
+    );
+    for p in parts {
+        assert!(
+            c.message.contains(p),
+            "{type_} message {:?} lacks {p:?}",
+            c.message
+        );
+    }
+}
+
+/// A Node from JSON (`metadata.name` = `name`, `rest` merged at the top level).
+pub(super) fn node_json(name: &str, rest: serde_json::Value) -> Node {
+    let mut obj =
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    if let (Some(base), Some(more)) = (obj.as_object_mut(), rest.as_object()) {
+        for (k, v) in more {
+            if k == "metadata" {
+                if let (Some(m), Some(extra)) = (base["metadata"].as_object_mut(), v.as_object()) {
+                    for (mk, mv) in extra {
+                        m.insert(mk.clone(), mv.clone());
+                    }
+                }
+            } else {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    serde_json::from_value(obj).expect("test node")
+}
+
+/// A typical ready node with labels, a providerID, a taint, conditions and addresses.
+pub(super) fn typical_node() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "labels": {"role": "edge", "feip.io/standby": "false"},
+            "annotations": {"note": "x"},
+        },
+        "spec": {
+            "providerID": "aws:///ap-northeast-1a/i-0abc",
+            "taints": [{"key": "dedicated", "value": "edge", "effect": "NoSchedule"}],
+        },
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
+                 "lastHeartbeatTime": "2026-01-01T00:00:00Z"},
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.11"},
+                {"type": "Hostname", "address": "ip-10-0-0-11"},
+            ],
+        },
+    })
+}
