@@ -1,18 +1,21 @@
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::Store;
 
-use crate::aws::{AddressInfo, instance_id_from_provider_id};
+use crate::aws::{
+    AddressInfo, AddressSnapshot, Ec2Error, InstanceInfo, instance_id_from_provider_id,
+};
 use crate::crd::FloatingElasticIP;
 
+use super::context::Ec2View;
 use super::context::{Context, lock};
 use super::spec::DEFAULT_MONITOR_INTERVAL;
 use super::triggers::reconcile_addresses;
 
 /// The shortest monitor interval any address asks for.
-pub(super) fn monitor_interval(feips: &Store<FloatingElasticIP>) -> Duration {
+pub(super) fn shortest_monitor_interval(feips: &Store<FloatingElasticIP>) -> Duration {
     feips
         .state()
         .iter()
@@ -32,7 +35,7 @@ pub(super) fn monitor_interval(feips: &Store<FloatingElasticIP>) -> Duration {
 pub(super) async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<()>) {
     let mut last = Instant::now() - Duration::from_secs(3600);
     loop {
-        let interval = monitor_interval(&ctx.feips);
+        let interval = shortest_monitor_interval(&ctx.feips);
         let next = last + interval;
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
@@ -77,75 +80,257 @@ pub(super) async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mp
         instance_ids.dedup();
 
         let started = Instant::now();
-        let addresses = ctx.ec2.describe_addresses(&alloc_ids, &public_ips).await;
-        let instances = ctx.ec2.describe_instances(&instance_ids).await;
-        // What this pass changed: everything after errors, new instance data or a leadership
-        // change; otherwise only the addresses that moved or were looked up for the first time.
-        let mut everything = !ctx
+        let answer = Answer {
+            addresses: ctx.ec2.describe_addresses(&alloc_ids, &public_ips).await,
+            instances: ctx.ec2.describe_instances(&instance_ids).await,
+            started,
+            asked_addresses: alloc_ids.iter().chain(public_ips.iter()).cloned().collect(),
+            asked_instances: instance_ids,
+        };
+        let fresh = ctx
             .fresh_since_leadership
             .load(std::sync::atomic::Ordering::SeqCst);
-        let mut changed_keys: HashSet<String> = HashSet::new();
-        {
-            let mut view = lock(&ctx.view);
-            everything |= view.addresses_error.is_some() || view.instances_error.is_some();
-            everything |= addresses.is_err() || instances.is_err();
-            everything |= instances.as_ref().is_ok_and(|m| *m != view.instances);
-            match addresses {
-                Ok(mut snapshot) => {
-                    // What this process confirmed after the read started is newer than the
-                    // read: keep it (a stale answer would look like drift and move the address
-                    // again).
-                    let newer: Vec<AddressInfo> = view
-                        .written
-                        .iter()
-                        .filter(|(_, at)| **at >= started)
-                        .filter_map(|(id, _)| view.addresses.by_allocation.get(id).cloned())
-                        .collect();
-                    for a in newer {
-                        snapshot.insert(a);
-                    }
-                    view.written.retain(|_, at| *at >= started);
-                    for (id, a) in &snapshot.by_allocation {
-                        if view.addresses.by_allocation.get(id) != Some(a) {
-                            changed_keys.insert(id.clone());
-                            changed_keys.insert(a.public_ip.clone());
-                        }
-                    }
-                    for (id, a) in &view.addresses.by_allocation {
-                        if !snapshot.by_allocation.contains_key(id) {
-                            changed_keys.insert(id.clone());
-                            changed_keys.insert(a.public_ip.clone());
-                        }
-                    }
-                    for k in alloc_ids.iter().chain(public_ips.iter()) {
-                        if !view.covered.contains(k) {
-                            changed_keys.insert(k.clone());
-                        }
-                    }
-                    view.addresses = snapshot;
-                    view.covered = alloc_ids.iter().chain(public_ips.iter()).cloned().collect();
-                    view.addresses_at = Some(started);
-                    view.addresses_error = None;
-                }
-                Err(e) => view.addresses_error = Some(e.to_string()),
-            }
-            match instances {
-                Ok(map) => {
-                    view.instances = map;
-                    view.instances_covered = instance_ids.into_iter().collect();
-                    view.instances_error = None;
-                }
-                Err(e) => view.instances_error = Some(e.to_string()),
-            }
-            if view.addresses_error.is_none() {
-                ctx.fresh_since_leadership
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-            }
+        let changed = lock(&ctx.view).merge(answer);
+        if changed.readable {
+            ctx.fresh_since_leadership
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        // A new leader's first read concerns every address.
+        let everything = changed.everything || !fresh;
+        let changed_keys = changed.keys;
         if everything {
             let _ = trigger.try_send(());
         } else {
             reconcile_addresses(&ctx, &changed_keys);
         }
+    }
+}
+
+/// One monitor pass's EC2 answers and what it asked for.
+pub(super) struct Answer {
+    pub(super) addresses: Result<AddressSnapshot, Ec2Error>,
+    pub(super) instances: Result<BTreeMap<String, InstanceInfo>, Ec2Error>,
+    /// When the pass's DescribeAddresses started.
+    pub(super) started: Instant,
+    /// The allocation ids and public IPs asked for.
+    pub(super) asked_addresses: Vec<String>,
+    pub(super) asked_instances: Vec<String>,
+}
+
+/// What a monitor pass changed in the view.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ChangedKeys {
+    /// Reconcile every address: after errors (this pass's or the last one's) or new instance
+    /// data.
+    pub(super) everything: bool,
+    /// Otherwise these: allocation ids and public IPs that moved, appeared, disappeared or
+    /// were looked up for the first time.
+    pub(super) keys: HashSet<String>,
+    /// DescribeAddresses answered (the view is fresh).
+    pub(super) readable: bool,
+}
+
+impl Ec2View {
+    /// Merges one pass's answers (no client). What this process confirmed after the read
+    /// started is newer than the read and is kept: a stale answer would look like drift and
+    /// move the address again. Instance data is kept across errors.
+    pub(super) fn merge(&mut self, answer: Answer) -> ChangedKeys {
+        let Answer {
+            addresses,
+            instances,
+            started,
+            asked_addresses,
+            asked_instances,
+        } = answer;
+        let mut changed = ChangedKeys {
+            everything: self.addresses_error.is_some()
+                || self.instances_error.is_some()
+                || addresses.is_err()
+                || instances.is_err()
+                || instances.as_ref().is_ok_and(|m| *m != self.instances),
+            ..ChangedKeys::default()
+        };
+        match addresses {
+            Ok(mut snapshot) => {
+                let newer: Vec<AddressInfo> = self
+                    .written
+                    .iter()
+                    .filter(|(_, at)| **at >= started)
+                    .filter_map(|(id, _)| self.addresses.by_allocation.get(id).cloned())
+                    .collect();
+                for a in newer {
+                    snapshot.insert(a);
+                }
+                self.written.retain(|_, at| *at >= started);
+                let moved = snapshot
+                    .by_allocation
+                    .iter()
+                    .filter(|(id, a)| self.addresses.by_allocation.get(*id) != Some(*a));
+                let gone = self
+                    .addresses
+                    .by_allocation
+                    .iter()
+                    .filter(|(id, _)| !snapshot.by_allocation.contains_key(*id));
+                for (id, a) in moved.chain(gone) {
+                    changed.keys.insert(id.clone());
+                    changed.keys.insert(a.public_ip.clone());
+                }
+                for k in &asked_addresses {
+                    if !self.covered.contains(k) {
+                        changed.keys.insert(k.clone());
+                    }
+                }
+                self.addresses = snapshot;
+                self.covered = asked_addresses.into_iter().collect();
+                self.addresses_at = Some(started);
+                self.addresses_error = None;
+            }
+            Err(e) => self.addresses_error = Some(e.to_string()),
+        }
+        match instances {
+            Ok(map) => {
+                self.instances = map;
+                self.instances_covered = asked_instances.into_iter().collect();
+                self.instances_error = None;
+            }
+            Err(e) => self.instances_error = Some(e.to_string()),
+        }
+        changed.readable = self.addresses_error.is_none();
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(id: &str, ip: &str, eni: Option<&str>) -> AddressInfo {
+        AddressInfo {
+            allocation_id: id.into(),
+            public_ip: ip.into(),
+            network_interface_id: eni.map(str::to_string),
+            ..AddressInfo::default()
+        }
+    }
+
+    fn snapshot(list: &[AddressInfo]) -> AddressSnapshot {
+        let mut s = AddressSnapshot::default();
+        for a in list {
+            s.insert(a.clone());
+        }
+        s
+    }
+
+    fn answer(list: &[AddressInfo], asked: &[&str], started: Instant) -> Answer {
+        Answer {
+            addresses: Ok(snapshot(list)),
+            instances: Ok(BTreeMap::new()),
+            started,
+            asked_addresses: asked.iter().map(|s| s.to_string()).collect(),
+            asked_instances: Vec::new(),
+        }
+    }
+
+    fn keys(k: &[&str]) -> HashSet<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn unknown() -> Ec2Error {
+        Ec2Error::Unknown {
+            operation: "DescribeAddresses",
+            reason: "timed out".into(),
+            throttled: false,
+        }
+    }
+
+    #[test]
+    fn first_lookups_moves_and_disappearances_are_changes() {
+        let t0 = Instant::now();
+        let mut v = Ec2View::default();
+        let a = address("eipalloc-a", "198.51.100.1", Some("eni-1"));
+        let b = address("eipalloc-b", "198.51.100.2", None);
+        let c = v.merge(answer(
+            &[a.clone(), b.clone()],
+            &["eipalloc-a", "eipalloc-b"],
+            t0,
+        ));
+        assert!(!c.everything && c.readable);
+        assert_eq!(
+            c.keys,
+            keys(&["eipalloc-a", "198.51.100.1", "eipalloc-b", "198.51.100.2"])
+        );
+        // Nothing changed: nothing to reconcile.
+        let c = v.merge(answer(
+            &[a.clone(), b.clone()],
+            &["eipalloc-a", "eipalloc-b"],
+            t0,
+        ));
+        assert_eq!(
+            c,
+            ChangedKeys {
+                readable: true,
+                ..ChangedKeys::default()
+            }
+        );
+        // a moved, b vanished.
+        let a2 = address("eipalloc-a", "198.51.100.1", Some("eni-2"));
+        let c = v.merge(answer(&[a2], &["eipalloc-a", "eipalloc-b"], t0));
+        assert_eq!(
+            c.keys,
+            keys(&["eipalloc-a", "198.51.100.1", "eipalloc-b", "198.51.100.2"])
+        );
+        // A newly asked key not in EC2 is looked up for the first time.
+        let c = v.merge(answer(&[], &["eipalloc-c"], t0));
+        assert!(c.keys.contains("eipalloc-c"));
+    }
+
+    #[test]
+    fn errors_make_everything_change_and_keep_instances() {
+        let t0 = Instant::now();
+        let mut v = Ec2View::default();
+        let inst = InstanceInfo {
+            instance_id: "i-1".into(),
+            state: "running".into(),
+            ..InstanceInfo::default()
+        };
+        let mut first = answer(&[], &[], t0);
+        first.instances = Ok(BTreeMap::from([("i-1".to_string(), inst.clone())]));
+        first.asked_instances = vec!["i-1".into()];
+        assert!(v.merge(first).everything, "new instance data");
+        let mut failed = answer(&[], &[], t0);
+        failed.addresses = Err(unknown());
+        failed.instances = Err(unknown());
+        let c = v.merge(failed);
+        assert!(c.everything && !c.readable);
+        assert_eq!(v.instances.get("i-1"), Some(&inst), "kept across errors");
+        assert!(v.addresses_error.is_some() && v.instances_error.is_some());
+        // The pass after an error concerns everything too, then things calm down.
+        let mut ok = answer(&[], &[], t0);
+        ok.instances = Ok(BTreeMap::from([("i-1".to_string(), inst.clone())]));
+        assert!(v.merge(ok).everything);
+        let mut ok = answer(&[], &[], t0);
+        ok.instances = Ok(BTreeMap::from([("i-1".to_string(), inst)]));
+        assert!(!v.merge(ok).everything);
+    }
+
+    #[test]
+    fn a_change_confirmed_after_the_read_started_is_kept() {
+        let before = Instant::now();
+        let mut v = Ec2View::default();
+        let old = address("eipalloc-a", "198.51.100.1", Some("eni-1"));
+        v.merge(answer(std::slice::from_ref(&old), &["eipalloc-a"], before));
+        let started = Instant::now();
+        // This process moved the address after the next read started.
+        let moved = address("eipalloc-a", "198.51.100.1", Some("eni-2"));
+        v.record(moved.clone());
+        let c = v.merge(answer(&[old], &["eipalloc-a"], started));
+        assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&moved));
+        assert!(c.keys.is_empty(), "the stale answer is no drift: {c:?}");
+        // A read that started later supersedes it.
+        let later = Instant::now();
+        let back = address("eipalloc-a", "198.51.100.1", Some("eni-1"));
+        let c = v.merge(answer(std::slice::from_ref(&back), &["eipalloc-a"], later));
+        assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&back));
+        assert!(c.keys.contains("eipalloc-a"));
     }
 }

@@ -14,7 +14,8 @@ use crate::decide::{
     Target,
 };
 
-use super::super::observe::{Gathered, resolve};
+use super::super::observe::CandidateFacts;
+use super::super::spec::resolve;
 use super::super::status::{StatusInputs, build_status};
 
 pub(super) const ALLOC: &str = "eipalloc-0123456789abcdef0";
@@ -77,8 +78,8 @@ pub(super) fn target(node: &str) -> Target {
 }
 
 /// A candidate with a resolved target.
-pub(super) fn gathered(node: &str, health: NodeHealth, eligibility: Eligibility) -> Gathered {
-    Gathered {
+pub(super) fn gathered(node: &str, health: NodeHealth, eligibility: Eligibility) -> CandidateFacts {
+    CandidateFacts {
         view: CandidateView {
             node: node.into(),
             priority: 0,
@@ -88,12 +89,15 @@ pub(super) fn gathered(node: &str, health: NodeHealth, eligibility: Eligibility)
             target: Some(target(node)),
         },
         instance_id: Some(format!("i-{node}")),
+        vpc_id: None,
+        instance_known: true,
         dead_since: None,
         probe_pending: false,
+        needs_instance_read: false,
     }
 }
 
-pub(super) fn healthy(node: &str) -> Gathered {
+pub(super) fn healthy(node: &str) -> CandidateFacts {
     gathered(node, NodeHealth::Healthy, Eligibility::Eligible)
 }
 
@@ -168,7 +172,7 @@ pub(super) fn failure(count: u32, at: Timestamp, kind: FailureKind, reason: &str
 pub(super) struct StatusCase {
     pub(super) f: FloatingElasticIP,
     pub(super) decision: Decision,
-    pub(super) gathered: Vec<Gathered>,
+    pub(super) gathered: Vec<CandidateFacts>,
     pub(super) holder: Option<String>,
     pub(super) holder_on_target: bool,
     pub(super) holder_healthy: bool,
@@ -219,12 +223,12 @@ impl StatusCase {
     }
 
     pub(super) fn run(&self) -> FloatingElasticIPStatus {
-        let r = resolve(&self.f, self.now);
+        let r = resolve(&self.f);
         build_status(StatusInputs {
             f: &self.f,
-            r: &r,
+            spec: &r,
             decision: &self.decision,
-            gathered: &self.gathered,
+            candidates: &self.gathered,
             holder: self.holder.as_deref(),
             holder_on_target: self.holder_on_target,
             holder_healthy: self.holder_healthy,

@@ -10,8 +10,9 @@ use crate::crd::{FailoverRecord, FloatingElasticIPStatus};
 
 use super::super::context::PendingFailover;
 use super::super::holder_lease::{already_recorded, lease_duration, pending_from_lease};
-use super::super::observe::resolve;
+use super::super::spec::resolve;
 use super::fixtures::*;
+use crate::decide::ChangeReason;
 
 fn lease(annotations: serde_json::Value, holder: Option<&str>) -> Lease {
     serde_json::from_value(serde_json::json!({
@@ -24,7 +25,7 @@ fn lease(annotations: serde_json::Value, holder: Option<&str>) -> Lease {
 fn pending_fields(
     p: Option<PendingFailover>,
 ) -> Option<(Option<String>, String, String, Timestamp)> {
-    p.map(|p| (p.from, p.to, p.reason, p.detected_at))
+    p.map(|p| (p.from, p.to, p.reason.as_str().to_string(), p.detected_at))
 }
 
 #[test]
@@ -113,7 +114,7 @@ fn already_recorded_compares_whole_seconds() {
     let pending = PendingFailover {
         from: Some("a".into()),
         to: "b".into(),
-        reason: "HolderDead".into(),
+        reason: ChangeReason::HolderDead,
         detected_at: "2026-01-01T00:00:07.900Z".parse().expect("time"),
     };
     let status =
@@ -171,17 +172,16 @@ fn lease_duration_is_three_intervals_at_least_30s() {
         ("1m", 180),
     ];
     for (interval, want) in rows {
-        let r = resolve(
-            &feip(spec(serde_json::json!({"monitor": {"interval": interval}}))),
-            now(),
-        );
+        let r = resolve(&feip(spec(
+            serde_json::json!({"monitor": {"interval": interval}}),
+        )));
         assert_eq!(
             lease_duration(&r),
             Duration::from_secs(want),
             "interval {interval}"
         );
     }
-    let r = resolve(&feip(spec(serde_json::json!({}))), now());
+    let r = resolve(&feip(spec(serde_json::json!({}))));
     assert_eq!(
         lease_duration(&r),
         Duration::from_secs(30),

@@ -10,21 +10,38 @@ use kube::runtime::watcher::Event;
 use crate::crd::{FailbackPolicy, FloatingElasticIPStatus};
 use crate::decide::{FailureKind, Policy};
 
-use super::super::observe::{failures_from_status, listed_candidates, resolve};
+use super::super::observe::{failures_from_status, listed_candidates};
+use super::super::spec::{ProbeConfig, resolve};
 use super::fixtures::*;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+type ProbeTuple = (u16, Option<String>, Duration, Duration, u32, u32);
+
+/// The resolved probe as (port, path, period, timeout, failures, successes).
+fn probe_tuple(p: &Option<ProbeConfig>) -> Option<ProbeTuple> {
+    p.as_ref().map(|p| {
+        (
+            p.port,
+            p.http_path.clone(),
+            p.period,
+            p.timeout,
+            p.failure_threshold,
+            p.success_threshold,
+        )
+    })
+}
+
 #[test]
 fn resolve_defaults() {
-    let r = resolve(&feip(spec(serde_json::json!({}))), now());
+    let r = resolve(&feip(spec(serde_json::json!({}))));
     assert_eq!(r.monitor_interval, secs(10), "monitor interval");
     assert_eq!(r.confirm_timeout, secs(5), "confirm timeout");
     assert_eq!(r.heartbeat_timeout, secs(40), "heartbeat timeout");
     assert_eq!(
-        r.probe,
+        probe_tuple(&r.probe),
         Some((10250, None, secs(1), secs(1), 3, 1)),
         "TCP probe of the kubelet port"
     );
@@ -41,18 +58,15 @@ fn resolve_defaults() {
 
 #[test]
 fn resolve_explicit_values() {
-    let r = resolve(
-        &feip(spec(serde_json::json!({
-            "monitor": {"interval": "30s", "timeout": "2s"},
-            "health": {"heartbeatTimeout": "15s"},
-            "networkInterface": {"deviceIndex": 2},
-            "failback": {"policy": "Immediate", "holdDown": "90s"},
-            "migrationThreshold": 4,
-            "failureTimeout": "10m",
-            "allowTakeover": true,
-        }))),
-        now(),
-    );
+    let r = resolve(&feip(spec(serde_json::json!({
+        "monitor": {"interval": "30s", "timeout": "2s"},
+        "health": {"heartbeatTimeout": "15s"},
+        "networkInterface": {"deviceIndex": 2},
+        "failback": {"policy": "Immediate", "holdDown": "90s"},
+        "migrationThreshold": 4,
+        "failureTimeout": "10m",
+        "allowTakeover": true,
+    }))));
     assert_eq!((r.monitor_interval, r.confirm_timeout), (secs(30), secs(2)));
     assert_eq!(r.heartbeat_timeout, secs(15));
     assert_eq!(r.device_index, 2);
@@ -66,7 +80,7 @@ fn resolve_explicit_values() {
 #[test]
 fn resolve_probe_table() {
     let ms = Duration::from_millis;
-    type Probe = Option<(u16, Option<String>, Duration, Duration, u32, u32)>;
+    type Probe = Option<ProbeTuple>;
     let rows: Vec<(&str, serde_json::Value, Probe)> = vec![
         (
             "probe_none_disables_probing",
@@ -111,11 +125,8 @@ fn resolve_probe_table() {
     ];
     let mut failed = Vec::new();
     for (name, probe, want) in rows {
-        let r = resolve(
-            &feip(spec(serde_json::json!({"health": {"probe": probe}}))),
-            now(),
-        );
-        if r.probe != want {
+        let r = resolve(&feip(spec(serde_json::json!({"health": {"probe": probe}}))));
+        if probe_tuple(&r.probe) != want {
             failed.push(format!("{name}: got {:?}, want {want:?}", r.probe));
         }
     }
@@ -197,7 +208,7 @@ fn resolve_flags_table() {
     ];
     let mut failed = Vec::new();
     for (name, extra, ok) in rows {
-        let r = resolve(&feip(spec(extra)), now());
+        let r = resolve(&feip(spec(extra)));
         if !ok(&r.policy) {
             failed.push(format!("{name}: {:?}", r.policy));
         }
