@@ -24,8 +24,9 @@ use super::holder_lease::{
 };
 use super::observe::{self, AddressLookup, Observed, conflicting_owner};
 use super::plan::{self, Ec2Call, EventNote, Next, Outcome, Plan, Settlement};
+use super::report::{patch_status, publish};
 use super::spec::{ResolvedSpec, resolve};
-use super::status::{StatusInputs, build_status, conflict_status, patch_status, publish};
+use super::status::{StatusInputs, build_status, conflict_status};
 
 /// A reconcile that found mutations not allowed. A follower waits: gaining the leadership
 /// triggers every address. A leader whose renewal is late (inside the safety margin, not yet

@@ -13,7 +13,7 @@ use super::Error;
 use super::context::{Context, key, lock};
 use super::holder_lease;
 use super::observe::{conflicting_owner, listed_candidates};
-use super::status::{patch_status, publish};
+use super::report::{patch_status, publish};
 
 /// Deletion: release the association (unless retained or observe-only), then drop the Lease.
 pub(super) async fn cleanup(

@@ -15,6 +15,7 @@ mod holder_lease;
 mod monitor;
 mod observe;
 mod plan;
+mod report;
 mod spec;
 mod status;
 mod triggers;

@@ -1,10 +1,11 @@
+//! The status of an address (no client): phase, conditions, holder, address, node failure
+//! records, built whole from one reconcile's observation, decision and outcome.
+
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{
@@ -13,8 +14,6 @@ use crate::crd::{
 };
 use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth};
 
-use super::Error;
-use super::context::Context;
 use super::observe::CandidateFacts;
 use super::spec::ResolvedSpec;
 
@@ -347,49 +346,5 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         last_cleanup_request_id: i.cleanup_done,
         conditions: conds,
         observed_generation: generation,
-    }
-}
-
-/// Writes the status only when it changed (saves API writes at scale).
-pub(super) async fn patch_status(
-    ctx: &Context,
-    f: &FloatingElasticIP,
-    status: FloatingElasticIPStatus,
-) -> Result<(), Error> {
-    if f.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<FloatingElasticIP> =
-        Api::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default());
-    // Replace .status as a whole: a merge patch would keep fields and list entries that the
-    // new status no longer has (an expired ban, a cleared holder).
-    let patch: Vec<serde_json::Value> =
-        vec![serde_json::json!({"op": "add", "path": "/status", "value": status})];
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))?;
-    api.patch_status(
-        &f.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn publish(
-    ctx: &Context,
-    f: &FloatingElasticIP,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &f.object_ref(&())).await {
-        tracing::debug!(error = %e, "event not published");
     }
 }
