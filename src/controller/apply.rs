@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{FailoverRecord, FloatingElasticIP};
-use crate::decide::{self, FailureKind, FailureRecord, Target};
+use crate::decide::{self, Decision, FailureKind, FailureRecord, Target};
 
 use super::Error;
 use super::context::{Context, Snapshot, key, lock};
@@ -96,55 +96,61 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
         plan::failure_events(&decision, &failures, threshold),
     )
     .await;
-
     let plan = plan::plan(&spec, &observed, &decision, lease.is_some(), now);
-    write_decision(&ctx, &f, &k, &spec, &plan, lease).await?;
-    let Some(outcome) = act(&ctx, &f, &k, &spec, &observed, &plan, &mut failures, now).await else {
+    let pass = Pass {
+        f: &f,
+        key: &k,
+        spec: &spec,
+        observed: &observed,
+        decision: &decision,
+        plan: &plan,
+        lease,
+        now,
+    };
+
+    write_decision(&ctx, &pass).await?;
+    let Some(outcome) = act(&ctx, &pass, &mut failures).await else {
         return Ok(until_mutation_allowed(&ctx));
     };
-    let renewed_at = lease
-        .and_then(|l| l.spec.as_ref())
-        .and_then(|s| s.renew_time.as_ref())
-        .map(|t| t.0);
-    let current = outcome.current.as_ref();
-    let settled = plan::settle(&f, &spec, &observed, &plan, current, renewed_at, now);
-    confirm_lease(&ctx, &f, &k, &spec, &plan, &settled).await;
-    let failover = complete_failover(&ctx, &f, &k, lease, &observed, &plan, &settled).await;
+    let settled = pass.settle(&outcome);
+    confirm_lease(&ctx, &pass, &settled).await;
+    let failover = complete_failover(&ctx, &pass, &settled).await;
     clear_pin(&ctx, &f, &settled).await?;
-    ctx.remember(&k, |m| {
-        m.blocked = outcome.blocked.clone();
-        if outcome.error.is_none() {
-            m.failed_attempts = 0;
-        }
-    });
-    let status = f.status.clone().unwrap_or_default();
-    let new_status = build_status(StatusInputs {
-        f: &f,
-        spec: &spec,
-        decision: &decision,
-        candidates: &observed.candidates,
-        holder: plan.holder.as_deref(),
-        holder_on_target: settled.holder_on_target,
-        holder_healthy: settled.holder_healthy,
-        current,
-        address_missing: observed.address_missing,
-        failures: &failures,
-        failover_count: status.failover_count + i64::from(failover.is_some()),
-        last_failover: failover.or(status.last_failover),
-        transitions: plan.transitions,
-        cleanup_done: observed.cleanup_done.clone(),
-        action_error: outcome.error.as_ref(),
-        blocked: outcome.blocked.as_deref(),
-        now,
-    });
-    patch_status(&ctx, &f, new_status).await?;
-    // A completed failover stays pending until the status recording it is written: if that
-    // write fails, the next pass records it again instead of losing it.
-    if settled.holder_on_target {
-        ctx.remember(&k, |m| m.pending = None);
-    }
+    report(&ctx, &pass, &outcome, &settled, &failures, failover).await?;
     let next = plan::next(&spec, &decision, &plan, &outcome, settled.holder_on_target);
     Ok(Requeue::requeue(after(&ctx, &k, &spec, next)))
+}
+
+/// One reconcile once it is planned: what the effects read.
+struct Pass<'a> {
+    f: &'a Arc<FloatingElasticIP>,
+    key: &'a str,
+    spec: &'a ResolvedSpec,
+    observed: &'a Observed,
+    decision: &'a Decision,
+    plan: &'a Plan,
+    /// The holder Lease as the reconcile found it.
+    lease: Option<&'a Lease>,
+    now: Timestamp,
+}
+
+impl Pass<'_> {
+    fn settle(&self, outcome: &Outcome) -> Settlement {
+        let renewed_at = self
+            .lease
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0);
+        plan::settle(
+            self.f,
+            self.spec,
+            self.observed,
+            self.plan,
+            outcome.current.as_ref(),
+            renewed_at,
+            self.now,
+        )
+    }
 }
 
 /// Until EC2 has been read for this address (by this leader) nothing would be decided, and
@@ -191,52 +197,40 @@ async fn report_conflict(
 }
 
 /// Step 1: the decision goes to the holder Lease before any EC2 mutation.
-async fn write_decision(
-    ctx: &Arc<Context>,
-    f: &Arc<FloatingElasticIP>,
-    k: &str,
-    spec: &ResolvedSpec,
-    plan: &Plan,
-    lease: Option<&Lease>,
-) -> Result<(), Error> {
-    let Some(record) = plan.lease_record(spec) else {
+async fn write_decision(ctx: &Arc<Context>, pass: &Pass<'_>) -> Result<(), Error> {
+    let Some(record) = pass.plan.lease_record(pass.spec) else {
         return Ok(());
     };
-    let existing = lease.filter(|_| plan.change.is_some());
-    holder_lease::write(&ctx.client, &ctx.leadership, f, existing, &record).await?;
-    let Some(change) = &plan.change else {
+    let existing = pass.lease.filter(|_| pass.plan.change.is_some());
+    holder_lease::write(&ctx.client, &ctx.leadership, pass.f, existing, &record).await?;
+    let Some(change) = &pass.plan.change else {
         return Ok(());
     };
-    ctx.remember(k, |m| m.pending = change.pending());
+    ctx.remember(pass.key, |m| m.pending = change.pending());
     ctx.metrics.holder_change(change.reason.as_str());
     let (reason, msg) = change.event.clone();
     // detected_at at full precision (status times are whole seconds): feip-bench reads it.
-    tracing::info!(feip = %k, %msg, detected_at = %change.detected_at, "holder change");
+    tracing::info!(feip = %pass.key, %msg, detected_at = %change.detected_at, "holder change");
     // Published alongside, not before, the EC2 action: an Event write is not part of the
     // decision (the Lease is) and took 10-30 ms of every failover.
-    let (ctx, f) = (ctx.clone(), f.clone());
+    let (ctx, f) = (ctx.clone(), pass.f.clone());
     tokio::spawn(async move { publish(&ctx, &f, EventType::Normal, reason, msg).await });
     Ok(())
 }
 
 /// Step 2: the EC2 call, only while this replica's leadership allows it. `None`: the window
 /// closed before anything was sent.
-#[allow(clippy::too_many_arguments)] // the reconcile's state, passed through as it is
 async fn act(
     ctx: &Context,
-    f: &FloatingElasticIP,
-    k: &str,
-    spec: &ResolvedSpec,
-    observed: &Observed,
-    plan: &Plan,
+    pass: &Pass<'_>,
     failures: &mut BTreeMap<String, FailureRecord>,
-    now: Timestamp,
 ) -> Option<Outcome> {
+    let (f, k, spec, now) = (pass.f.as_ref(), pass.key, pass.spec, pass.now);
     let mut outcome = Outcome {
-        current: observed.address.clone(),
+        current: pass.observed.address.clone(),
         ..Outcome::default()
     };
-    match &plan.ec2 {
+    match &pass.plan.ec2 {
         None => {}
         Some(Ec2Call::Associate {
             node,
@@ -320,18 +314,12 @@ async fn associate(
 
 /// Step 3: the Lease confirmed (or renewed) once the address is on the holder. A failed
 /// confirmation is retried by the next pass.
-async fn confirm_lease(
-    ctx: &Context,
-    f: &FloatingElasticIP,
-    k: &str,
-    spec: &ResolvedSpec,
-    plan: &Plan,
-    settled: &Settlement,
-) {
+async fn confirm_lease(ctx: &Context, pass: &Pass<'_>, settled: &Settlement) {
     if !settled.confirm_lease {
         return;
     }
     // Reuse the freshest Lease (ours may have just been written).
+    let f = pass.f.as_ref();
     let ns = f.namespace().unwrap_or_default();
     let fresh = ctx.leases.get(&ObjectRef::new(&f.lease_name()).within(&ns));
     let reason = fresh
@@ -340,17 +328,17 @@ async fn confirm_lease(
         .and_then(|a| a.get(REASON_ANNOTATION).cloned())
         .unwrap_or_else(|| "Adopted".into());
     let record = LeaseRecord {
-        holder: plan.holder.as_deref(),
-        transitions: plan.transitions,
+        holder: pass.plan.holder.as_deref(),
+        transitions: pass.plan.transitions,
         confirmed: true,
         reason: &reason,
         failover: None,
-        duration: lease_duration(spec),
+        duration: lease_duration(pass.spec),
     };
     let written =
         holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await;
     if let Err(e) = written {
-        tracing::debug!(feip = %k, error = %e, "lease confirm deferred");
+        tracing::debug!(feip = %pass.key, error = %e, "lease confirm deferred");
     }
 }
 
@@ -382,24 +370,21 @@ async fn clear_pin(
 /// previous leader recorded on the Lease.
 async fn complete_failover(
     ctx: &Context,
-    f: &FloatingElasticIP,
-    k: &str,
-    lease: Option<&Lease>,
-    observed: &Observed,
-    plan: &Plan,
+    pass: &Pass<'_>,
     settled: &Settlement,
 ) -> Option<FailoverRecord> {
     if !settled.holder_on_target {
         return None;
     }
+    let confirmed = pass.observed.input.holder_confirmed;
     let pending = ctx
-        .memory_of(k)
+        .memory_of(pass.key)
         .pending
-        .or_else(|| pending_from_lease(lease, observed.input.holder_confirmed));
-    let status = f.status.clone().unwrap_or_default();
+        .or_else(|| pending_from_lease(pass.lease, confirmed));
+    let status = pass.f.status.clone().unwrap_or_default();
     let completed = Timestamp::now(); // after the confirming Describe, not the pass's start
-    let done =
-        plan::completed_failover(pending.as_ref(), plan.holder.as_deref(), &status, completed)?;
+    let holder = pass.plan.holder.as_deref();
+    let done = plan::completed_failover(pending.as_ref(), holder, &status, completed)?;
     ctx.metrics.failover(done.reason.as_str(), done.duration);
     let note = format!(
         "address confirmed on {} {:.3}s after detection ({})",
@@ -407,8 +392,52 @@ async fn complete_failover(
         done.duration.as_secs_f64(),
         done.record.reason
     );
-    publish(ctx, f, EventType::Normal, "FailoverComplete", note).await;
+    publish(ctx, pass.f, EventType::Normal, "FailoverComplete", note).await;
     Some(done.record)
+}
+
+/// Step 4: the status, built whole and written once (only when it changed).
+async fn report(
+    ctx: &Context,
+    pass: &Pass<'_>,
+    outcome: &Outcome,
+    settled: &Settlement,
+    failures: &BTreeMap<String, FailureRecord>,
+    failover: Option<FailoverRecord>,
+) -> Result<(), Error> {
+    ctx.remember(pass.key, |m| {
+        m.blocked = outcome.blocked.clone();
+        if outcome.error.is_none() {
+            m.failed_attempts = 0;
+        }
+    });
+    let status = pass.f.status.clone().unwrap_or_default();
+    let new_status = build_status(StatusInputs {
+        f: pass.f,
+        spec: pass.spec,
+        decision: pass.decision,
+        candidates: &pass.observed.candidates,
+        holder: pass.plan.holder.as_deref(),
+        holder_on_target: settled.holder_on_target,
+        holder_healthy: settled.holder_healthy,
+        current: outcome.current.as_ref(),
+        address_missing: pass.observed.address_missing,
+        failures,
+        failover_count: status.failover_count + i64::from(failover.is_some()),
+        last_failover: failover.or(status.last_failover),
+        transitions: pass.plan.transitions,
+        cleanup_done: pass.observed.cleanup_done.clone(),
+        action_error: outcome.error.as_ref(),
+        blocked: outcome.blocked.as_deref(),
+        now: pass.now,
+    });
+    patch_status(ctx, pass.f, new_status).await?;
+    // A completed failover stays pending until the status recording it is written: if that
+    // write fails, the next pass records it again instead of losing it.
+    if settled.holder_on_target {
+        ctx.remember(pass.key, |m| m.pending = None);
+    }
+    Ok(())
 }
 
 async fn publish_all(ctx: &Context, f: &FloatingElasticIP, events: Vec<EventNote>) {
