@@ -167,58 +167,18 @@ pub async fn run(
     // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::channel::<()>(16);
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        // Re-evaluate at once when what makes a node eligible or healthy changes (standby
-        // label, cordon, taints, Ready, providerID, InternalIP), not on every status update.
-        let changed = changed.clone();
-        let dirty = ctx.clone();
-        let mut seen: HashMap<String, u64> = HashMap::new();
-        tasks.spawn(node_stream.for_each(move |r| {
-            match r {
-                Ok(node) => {
-                    let print = node_fingerprint(&node);
-                    if seen.insert(node.name_any(), print) != Some(print) {
-                        lock(&dirty.dirty_nodes).insert(node.name_any());
-                        changed.notify_one();
-                    }
-                }
-                Err(e) => {
-                    dirty.restart_heartbeat_clocks();
-                    tracing::warn!(error = %e, "node watch error; retrying");
-                }
-            }
-            futures::future::ready(())
-        }));
-    }
+    tasks.spawn(watch_nodes(ctx.clone(), changed.clone(), node_stream));
     tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
-    {
-        let gap = ctx.clone();
-        tasks.spawn(lease_stream.for_each(move |r| {
-            if let Err(e) = r {
-                gap.restart_heartbeat_clocks();
-                tracing::warn!(error = %e, "holder lease watch error; retrying");
-            }
-            futures::future::ready(())
-        }));
-    }
+    tasks.spawn(watch_holder_leases(ctx.clone(), lease_stream));
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.
     let heartbeats_synced = Arc::new(Notify::new());
-    tasks.spawn(
-        heartbeats
-            .clone()
-            .run(client.clone(), heartbeats_synced.clone()),
-    );
-    {
-        let (ctx, changed) = (ctx.clone(), changed.clone());
-        tasks.spawn(async move {
-            loop {
-                heartbeats_synced.notified().await;
-                ctx.restart_heartbeat_clocks();
-                changed.notify_one();
-            }
-        });
-    }
+    tasks.spawn(heartbeats.run(client.clone(), heartbeats_synced.clone()));
+    tasks.spawn(restart_clocks_on_resync(
+        ctx.clone(),
+        changed.clone(),
+        heartbeats_synced,
+    ));
     tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
     tasks.spawn(forward_changes(
         ctx.clone(),
@@ -226,34 +186,7 @@ pub async fn run(
         trigger_tx.clone(),
     ));
     tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
-    {
-        let (nodes, leases, feips, heartbeats) = (
-            nodes.clone(),
-            leases.clone(),
-            feips.clone(),
-            heartbeats.clone(),
-        );
-        tasks.spawn(async move {
-            let _ = nodes.wait_until_ready().await;
-            tracing::debug!("node cache synced");
-            let _ = leases.wait_until_ready().await;
-            tracing::debug!("holder lease cache synced");
-            // The controller's own runner also waits on this store; a second long-lived waiter
-            // is not reliably woken, so check readiness by polling instead.
-            while tokio::time::timeout(Duration::ZERO, feips.wait_until_ready())
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tracing::debug!("FloatingElasticIP cache synced");
-            while !heartbeats.is_synced() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let _ = ready.send(true);
-            tracing::info!("caches synced; ready");
-        });
-    }
+    tasks.spawn(report_ready(ctx.clone(), ready));
 
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(16))
@@ -273,6 +206,82 @@ pub async fn run(
         .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// Re-evaluates at once when what makes a node eligible or healthy changes (its
+/// [`NodeFacts`](crate::kube_ext::NodeFacts) fingerprint), not on every status update. A watch
+/// error is a gap in heartbeat observation.
+async fn watch_nodes(
+    ctx: Arc<Context>,
+    changed: Arc<Notify>,
+    stream: impl futures::Stream<Item = Result<Node, watcher::Error>>,
+) {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    stream
+        .for_each(|r| {
+            match r {
+                Ok(node) => {
+                    let print = node_fingerprint(&node);
+                    if seen.insert(node.name_any(), print) != Some(print) {
+                        lock(&ctx.dirty_nodes).insert(node.name_any());
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    ctx.restart_heartbeat_clocks();
+                    tracing::warn!(error = %e, "node watch error; retrying");
+                }
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// Keeps the holder-Lease cache; a watch error is a gap in heartbeat observation.
+async fn watch_holder_leases(
+    ctx: Arc<Context>,
+    stream: impl futures::Stream<Item = Result<Lease, watcher::Error>>,
+) {
+    stream
+        .for_each(|r| {
+            if let Err(e) = r {
+                ctx.restart_heartbeat_clocks();
+                tracing::warn!(error = %e, "holder lease watch error; retrying");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// After the heartbeat watch re-listed, heartbeat clocks restart and everything is looked at.
+async fn restart_clocks_on_resync(ctx: Arc<Context>, changed: Arc<Notify>, synced: Arc<Notify>) {
+    loop {
+        synced.notified().await;
+        ctx.restart_heartbeat_clocks();
+        changed.notify_one();
+    }
+}
+
+/// Turns `ready` true once every cache synced.
+async fn report_ready(ctx: Arc<Context>, ready: tokio::sync::watch::Sender<bool>) {
+    let _ = ctx.nodes.wait_until_ready().await;
+    tracing::debug!("node cache synced");
+    let _ = ctx.leases.wait_until_ready().await;
+    tracing::debug!("holder lease cache synced");
+    // The controller's own runner also waits on this store; a second long-lived waiter is not
+    // reliably woken, so check readiness by polling instead.
+    while tokio::time::timeout(Duration::ZERO, ctx.feips.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::debug!("FloatingElasticIP cache synced");
+    while !ctx.heartbeats.is_synced() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = ready.send(true);
+    tracing::info!("caches synced; ready");
 }
 
 fn error_policy(obj: Arc<FloatingElasticIP>, err: &Error, ctx: Arc<Context>) -> Requeue {
