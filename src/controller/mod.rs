@@ -34,6 +34,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
@@ -115,22 +116,10 @@ pub async fn run(
     };
     let changed = Arc::new(Notify::new());
 
-    let (nodes, node_writer) = reflector::store();
-    let node_stream = reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (leases, lease_writer) = reflector::store();
-    let lease_cfg =
-        watcher::Config::default().labels(&format!("{LEASE_LABEL}={LEASE_LABEL_VALUE}"));
-    let lease_stream = reflector(
-        lease_writer,
-        watcher(Api::<Lease>::all(client.clone()), lease_cfg),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (nodes, node_stream) = cache::<Node>(&client, watcher::Config::default());
+    let lease_labels = format!("{LEASE_LABEL}={LEASE_LABEL_VALUE}");
+    let (leases, lease_stream) =
+        cache::<Lease>(&client, watcher::Config::default().labels(&lease_labels));
 
     let controller = Controller::new(feip_api.clone(), watcher::Config::default());
     let feips = controller.store();
@@ -206,6 +195,30 @@ pub async fn run(
         .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// A cluster-wide cache of `K` and the stream that keeps it (touched objects, with backoff).
+fn cache<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + use<K>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(writer, watcher(Api::<K>::all(client.clone()), config))
+        .default_backoff()
+        .touched_objects();
+    (store, stream)
 }
 
 /// Re-evaluates at once when what makes a node eligible or healthy changes (its
