@@ -1,6 +1,9 @@
 //! feip keeps an AWS Elastic IP on exactly one healthy Kubernetes node and moves it when that
 //! node fails, with Pacemaker's failover semantics (see `docs/` and the README).
 
+// The product has no unsafe code; only the test harness (feature `testenv`) needs some.
+#![cfg_attr(not(feature = "testenv"), forbid(unsafe_code))]
+
 pub mod app;
 pub mod aws;
 pub mod cli;

@@ -1,6 +1,8 @@
 //! The `feip` binary: the controller, `feip crd`, and the operator verbs (whose command line
 //! and dispatch live in `feip::cli`).
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use feip::cli::{Command, ControllerArgs, parse_cli, run_verb};
 

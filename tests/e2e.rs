@@ -181,6 +181,7 @@ impl ControllerProcess {
     }
 
     /// What the kubelet does when the pod goes away: SIGTERM, then wait for the exit.
+    #[allow(unsafe_code)] // kill(2)
     async fn terminate(&mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.

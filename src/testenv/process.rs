@@ -37,6 +37,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
+// The test harness needs prctl(PR_SET_PDEATHSIG) so no child outlives a failed test; the
+// product crate forbids unsafe code (lib.rs) when the harness is not compiled in.
+#[allow(unsafe_code)]
 fn spawn_with_death_signal(cmd: &mut Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl and getppid are async-signal-safe; the closure only calls them.

@@ -129,6 +129,7 @@ impl Controller {
     }
 
     /// SIGTERM and wait for the exit (graceful: the leader Lease is released).
+    #[allow(unsafe_code)] // kill(2): the benchmark stops its controller with SIGTERM
     pub async fn terminate(&mut self) -> anyhow::Result<Duration> {
         let pid = self.pid()?;
         let started = Instant::now();

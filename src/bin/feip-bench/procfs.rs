@@ -16,6 +16,7 @@ pub struct ProcSample {
     pub cpu_ticks: u64,
 }
 
+#[allow(unsafe_code)] // sysconf(3): clock ticks, to turn /proc CPU times into seconds
 pub fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions and only reads a configuration value.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
