@@ -239,11 +239,7 @@ pub(super) fn failures_from_status(
         .iter()
         .filter(|n| n.failure_count > 0)
         .map(|n| {
-            let kind = n
-                .last_failure_reason
-                .as_deref()
-                .and_then(|r| FailureKind::parse(r.split(':').next().unwrap_or_default()))
-                .unwrap_or(FailureKind::Drift);
+            let (kind, reason) = failure_reason(n.last_failure_reason.as_deref().unwrap_or(""));
             let record = FailureRecord {
                 count: n.failure_count.max(0) as u32,
                 last_failure: n
@@ -251,11 +247,21 @@ pub(super) fn failures_from_status(
                     .as_ref()
                     .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
                 kind,
-                reason: n.last_failure_reason.clone().unwrap_or_default(),
+                reason: reason.to_string(),
             };
             (n.node.clone(), record)
         })
         .collect()
+}
+
+/// Splits a status `lastFailureReason` ("Kind: reason", as `build_status` writes it) into
+/// the kind and the reason. Text without a known kind is a drift with that text as reason.
+fn failure_reason(text: &str) -> (FailureKind, &str) {
+    let (head, rest) = text.split_once(':').unwrap_or((text, ""));
+    match FailureKind::parse(head) {
+        Some(kind) => (kind, rest.trim_start()),
+        None => (FailureKind::Drift, text),
+    }
 }
 
 /// A new `cleanup.requestId`: failure counts to reset, once.
