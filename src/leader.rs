@@ -118,11 +118,13 @@ impl LeaderConfig {
     }
 }
 
-/// Proof that this replica's mutation window was open when the permit was taken: every EC2
-/// mutation and every holder-Lease write takes one by value, and only
-/// [`Leadership::permit`] makes them, so a send path that skips the leadership check does not
-/// compile. A permit is taken immediately before its request is sent; it is neither `Clone`
-/// nor kept.
+/// Proof that this replica's mutation window was open when the permit was taken. Only
+/// [`Leadership::permit`] makes one. The EC2 client is private to `aws::Ec2`, whose only path
+/// to a mutating request is `Ec2::mutate`, which hands the client out together with a permit
+/// taken after the budget wait; holder-Lease writes and deletes go through
+/// `controller::holder_lease`, whose send functions take a permit by value. So outside those
+/// two files a mutation without the leadership check does not compile. A permit is taken
+/// immediately before its request is sent; it is neither `Clone` nor kept.
 #[derive(Debug)]
 #[must_use = "a permit is taken right before the request it allows"]
 pub struct MutationPermit {

@@ -1,3 +1,7 @@
+//! The holder Lease (`feip-<name>`): what a write records ([`LeaseRecord`]), the failover an
+//! unconfirmed Lease still carries, and the only code that writes or deletes one, each
+//! request taking a [`MutationPermit`] by value right before it is sent.
+
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -142,7 +146,7 @@ pub(super) async fn write(
     let permit = leadership
         .permit()
         .ok_or(Error::LeadershipLost("before the decision was written"))?;
-    send(&api, permit, &lease, existing.is_some()).await
+    send(&api, permit, &lease).await
 }
 
 /// Deletes the holder Lease (finalizer cleanup); absent counts as deleted.
@@ -152,25 +156,26 @@ pub(super) async fn delete(
     f: &FloatingElasticIP,
 ) -> Result<(), Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &f.namespace().unwrap_or_default());
-    let _permit: MutationPermit = leadership
+    let permit = leadership
         .permit()
         .ok_or(Error::LeadershipLost("before the holder lease was deleted"))?;
-    match api.delete(&f.lease_name(), &DeleteParams::default()).await {
+    send_delete(&api, permit, &f.lease_name()).await
+}
+
+/// The one place a holder Lease is deleted: it takes the permit by value.
+async fn send_delete(api: &Api<Lease>, _permit: MutationPermit, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// The one place a holder Lease is created or replaced: it takes the permit by value.
-async fn send(
-    api: &Api<Lease>,
-    _permit: MutationPermit,
-    lease: &Lease,
-    replace: bool,
-) -> Result<(), Error> {
+/// The one place a holder Lease is created or replaced (replaced when it carries the
+/// resourceVersion it was read at): it takes the permit by value.
+async fn send(api: &Api<Lease>, _permit: MutationPermit, lease: &Lease) -> Result<(), Error> {
     let name = lease.metadata.name.clone().unwrap_or_default();
-    if replace {
+    if lease.metadata.resource_version.is_some() {
         api.replace(&name, &PostParams::default(), lease).await?;
         return Ok(());
     }

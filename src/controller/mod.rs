@@ -1,8 +1,9 @@
-//! The reconcile glue: gathers the inputs of [`crate::decide`] from the caches (nodes,
-//! heartbeats, probes, EC2 snapshots, holder Leases), writes the decision to the per-address
-//! Lease (optimistic concurrency) before touching EC2, performs the EC2 action while this
-//! replica's leadership is valid, confirms it, and reports status, conditions, events and
-//! metrics.
+//! The controller: caches and watches, wake-up triggers, the EC2 monitor, and one reconcile
+//! per address, one file per step (docs/development.md follows one through the files). A
+//! reconcile reads the caches once (context), judges the candidates (observe), decides
+//! ([`crate::decide`]), plans the effects (plan), writes the decision to the per-address Lease
+//! (optimistic concurrency) before touching EC2, performs the EC2 action under a mutation
+//! permit, confirms it, and reports status, conditions, events and metrics.
 //!
 //! EC2 is read by one monitor task with one batched DescribeAddresses (and one
 //! DescribeInstances) per interval for all addresses, whatever their number; reconciles read
