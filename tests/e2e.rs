@@ -726,18 +726,28 @@ fn policy_actions(file: &str) -> anyhow::Result<BTreeSet<String>> {
     Ok(actions)
 }
 
-/// The EC2 operations src/aws.rs calls (`self.client.<operation>(`), as IAM actions.
+/// The EC2 operations src/aws.rs calls on the SDK client, as IAM actions: reads as
+/// `self.client.<operation>(`, mutations as `client.<operation>(` on the client `Ec2::mutate`
+/// hands out with a permit. (`config()` is the client's configuration, not an operation.)
 fn ec2_actions_in_source() -> anyhow::Result<BTreeSet<String>> {
     let text: String = std::fs::read_to_string(repo("src/aws.rs"))?
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
     let mut actions = BTreeSet::new();
-    for (i, _) in text.match_indices("self.client.") {
-        let op: String = text[i + "self.client.".len()..]
+    for (i, _) in text.match_indices("client.") {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // another identifier ending in "client"
+        }
+        let op: String = text[i + "client.".len()..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
+        let called = text[i + "client.".len() + op.len()..].starts_with('(');
+        if op == "config" || !called {
+            continue;
+        }
         let pascal: String = op
             .split('_')
             .map(|w| {
