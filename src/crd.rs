@@ -410,6 +410,150 @@ pub enum Phase {
     Error,
 }
 
+impl Phase {
+    /// Every phase, in declaration order.
+    pub const ALL: &'static [Phase] = &[
+        Phase::Pending,
+        Phase::Associating,
+        Phase::Active,
+        Phase::Failing,
+        Phase::Stopped,
+        Phase::Unmanaged,
+        Phase::Blocked,
+        Phase::Error,
+    ];
+
+    /// The name as serialized in `status.phase` (and the `Ready` condition's reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Associating => "Associating",
+            Phase::Active => "Active",
+            Phase::Failing => "Failing",
+            Phase::Stopped => "Stopped",
+            Phase::Unmanaged => "Unmanaged",
+            Phase::Blocked => "Blocked",
+            Phase::Error => "Error",
+        }
+    }
+}
+
+/// The types of `status.conditions` (docs/semantics.md, "Conditions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    Associated,
+    HolderHealthy,
+    Degraded,
+    Blocked,
+    Ready,
+}
+
+impl ConditionType {
+    /// Every type, in the order `build_status` sets them.
+    pub const ALL: &'static [ConditionType] = &[
+        ConditionType::Associated,
+        ConditionType::HolderHealthy,
+        ConditionType::Degraded,
+        ConditionType::Blocked,
+        ConditionType::Ready,
+    ];
+
+    /// The condition's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Associated => "Associated",
+            ConditionType::HolderHealthy => "HolderHealthy",
+            ConditionType::Degraded => "Degraded",
+            ConditionType::Blocked => "Blocked",
+            ConditionType::Ready => "Ready",
+        }
+    }
+}
+
+/// The reasons of `status.conditions`, grouped by the condition that uses them
+/// (docs/semantics.md, "Conditions"). `Ready`'s reason is the phase ([`Phase::as_str`]),
+/// except for an address conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionReason {
+    // Associated
+    OnHolder,
+    NotOnHolder,
+    Unknown,
+    // HolderHealthy
+    Healthy,
+    HolderDead,
+    HolderHealthUnknown,
+    NoHolder,
+    // Degraded
+    AsExpected,
+    AddressNotFound,
+    AssociateFailed,
+    Ec2Refused,
+    Ec2Unknown,
+    ForeignAssociation,
+    NoEligibleCandidate,
+    StoppedAfterAssociateFailure,
+    DriftObserved,
+    CandidateUnresolvable,
+    /// Degraded and Ready: another (older) object manages the same address.
+    AddressConflict,
+    // Blocked
+    NotBlocked,
+    DisassociateFailed,
+}
+
+impl ConditionReason {
+    /// Every reason, in declaration order.
+    pub const ALL: &'static [ConditionReason] = &[
+        ConditionReason::OnHolder,
+        ConditionReason::NotOnHolder,
+        ConditionReason::Unknown,
+        ConditionReason::Healthy,
+        ConditionReason::HolderDead,
+        ConditionReason::HolderHealthUnknown,
+        ConditionReason::NoHolder,
+        ConditionReason::AsExpected,
+        ConditionReason::AddressNotFound,
+        ConditionReason::AssociateFailed,
+        ConditionReason::Ec2Refused,
+        ConditionReason::Ec2Unknown,
+        ConditionReason::ForeignAssociation,
+        ConditionReason::NoEligibleCandidate,
+        ConditionReason::StoppedAfterAssociateFailure,
+        ConditionReason::DriftObserved,
+        ConditionReason::CandidateUnresolvable,
+        ConditionReason::AddressConflict,
+        ConditionReason::NotBlocked,
+        ConditionReason::DisassociateFailed,
+    ];
+
+    /// The condition's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionReason::OnHolder => "OnHolder",
+            ConditionReason::NotOnHolder => "NotOnHolder",
+            ConditionReason::Unknown => "Unknown",
+            ConditionReason::Healthy => "Healthy",
+            ConditionReason::HolderDead => "HolderDead",
+            ConditionReason::HolderHealthUnknown => "HolderHealthUnknown",
+            ConditionReason::NoHolder => "NoHolder",
+            ConditionReason::AsExpected => "AsExpected",
+            ConditionReason::AddressNotFound => "AddressNotFound",
+            ConditionReason::AssociateFailed => "AssociateFailed",
+            ConditionReason::Ec2Refused => "Ec2Refused",
+            ConditionReason::Ec2Unknown => "Ec2Unknown",
+            ConditionReason::ForeignAssociation => "ForeignAssociation",
+            ConditionReason::NoEligibleCandidate => "NoEligibleCandidate",
+            ConditionReason::StoppedAfterAssociateFailure => "StoppedAfterAssociateFailure",
+            ConditionReason::DriftObserved => "DriftObserved",
+            ConditionReason::CandidateUnresolvable => "CandidateUnresolvable",
+            ConditionReason::AddressConflict => "AddressConflict",
+            ConditionReason::NotBlocked => "NotBlocked",
+            ConditionReason::DisassociateFailed => "DisassociateFailed",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HolderStatus {
@@ -516,6 +660,26 @@ mod tests {
             committed == generated,
             "crds/floatingelasticips.feip.io.yaml is stale: run `cargo run -- crd > crds/floatingelasticips.feip.io.yaml`"
         );
+    }
+
+    #[test]
+    fn phase_names_are_the_serialized_names() {
+        for p in Phase::ALL {
+            assert_eq!(
+                serde_json::to_value(p).expect("phase serialises"),
+                serde_json::json!(p.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn condition_names_are_the_variant_names() {
+        for t in ConditionType::ALL {
+            assert_eq!(format!("{t:?}"), t.as_str());
+        }
+        for r in ConditionReason::ALL {
+            assert_eq!(format!("{r:?}"), r.as_str());
+        }
     }
 
     #[test]

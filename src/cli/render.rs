@@ -70,7 +70,7 @@ pub fn status_row(f: &FloatingElasticIP, now: Timestamp) -> Vec<String> {
         st.holder
             .as_ref()
             .map_or_else(|| NONE.into(), |h| h.node.clone()),
-        st.phase.map_or_else(|| NONE.into(), |p| format!("{p:?}")),
+        st.phase.map_or_else(|| NONE.into(), |p| p.as_str().into()),
         st.failover_count.to_string(),
         st.last_failover
             .as_ref()

@@ -179,14 +179,15 @@ async fn report_conflict(
 ) -> Result<Requeue, Error> {
     let new_status = conflict_status(f, owner, now);
     let first_report = f.status.as_ref().is_none_or(|s| {
-        s.conditions
-            .iter()
-            .all(|c| !(c.type_ == "Degraded" && c.reason == "AddressConflict"))
+        s.conditions.iter().all(|c| {
+            !(c.type_ == crate::crd::ConditionType::Degraded.as_str()
+                && c.reason == crate::crd::ConditionReason::AddressConflict.as_str())
+        })
     });
     let message = new_status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Degraded")
+        .find(|c| c.type_ == crate::crd::ConditionType::Degraded.as_str())
         .map(|c| c.message.clone())
         .unwrap_or_default();
     patch_status(ctx, f, new_status).await?;

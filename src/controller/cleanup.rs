@@ -1,19 +1,19 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::aws::{Ec2Error, instance_id_from_provider_id};
-use crate::crd::{FloatingElasticIP, Management, Phase, ReleasePolicy};
+use crate::crd::{FloatingElasticIP, Management, ReleasePolicy};
 
 use super::Error;
 use super::context::{Context, key, lock};
 use super::holder_lease;
 use super::observe::{conflicting_owner, listed_candidates};
 use super::report::{patch_status, publish};
+use super::status::blocked_release_status;
 
 /// Deletion: release the association (unless retained or observe-only), then drop the Lease.
 pub(super) async fn cleanup(
@@ -36,7 +36,7 @@ pub(super) async fn cleanup(
             .describe_addresses(&allocs, &ips)
             .await
             .map_err(|e| {
-                blocked(
+                report_blocked_release(
                     &ctx,
                     &f,
                     format!("cannot read the address before release: {e}"),
@@ -73,7 +73,9 @@ pub(super) async fn cleanup(
                 .await
                 .map_err(|e| match e {
                     Ec2Error::NotSent { .. } => Error::LeadershipLost("during release"),
-                    e => blocked(&ctx, &f, format!("DisassociateAddress failed: {e}")),
+                    e => {
+                        report_blocked_release(&ctx, &f, format!("DisassociateAddress failed: {e}"))
+                    }
                 })?;
             let mut released = info.clone();
             released.association_id = None;
@@ -97,21 +99,11 @@ pub(super) async fn cleanup(
 }
 
 /// Records a blocked release: Warning event + Blocked condition; the finalizer stays.
-pub(super) fn blocked(ctx: &Arc<Context>, f: &Arc<FloatingElasticIP>, msg: String) -> Error {
+fn report_blocked_release(ctx: &Arc<Context>, f: &Arc<FloatingElasticIP>, msg: String) -> Error {
     let (ctx, f, m) = (ctx.clone(), f.clone(), msg.clone());
     tokio::spawn(async move {
         publish(&ctx, &f, EventType::Warning, "Blocked", m.clone()).await;
-        let mut status = f.status.clone().unwrap_or_default();
-        status.phase = Some(Phase::Blocked);
-        status.conditions.retain(|c| c.type_ != "Blocked");
-        status.conditions.push(Condition {
-            type_: "Blocked".into(),
-            status: "True".into(),
-            reason: "DisassociateFailed".into(),
-            message: m,
-            observed_generation: f.metadata.generation,
-            last_transition_time: Time(Timestamp::now()),
-        });
+        let status = blocked_release_status(&f, m, Timestamp::now());
         if let Err(e) = patch_status(&ctx, &f, status).await {
             tracing::debug!(error = %e, "blocked status not written");
         }

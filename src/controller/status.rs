@@ -9,13 +9,73 @@ use kube::ResourceExt;
 
 use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{
-    AddressStatus, FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus, HolderStatus,
-    LeaseStatus, NodeRecord, Phase,
+    AddressStatus, ConditionReason, ConditionType, FailoverRecord, FloatingElasticIP,
+    FloatingElasticIPStatus, HolderStatus, LeaseStatus, NodeRecord, Phase,
 };
-use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth};
+use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth, Policy};
 
 use super::observe::CandidateFacts;
 use super::spec::ResolvedSpec;
+
+/// The conditions of one status, in the order they are set. A condition keeps its old
+/// `lastTransitionTime` while its status is unchanged (an old condition of the same type
+/// with the same status), and takes `now` when it is new or flips.
+pub(super) struct Conditions<'a> {
+    old: &'a [Condition],
+    observed_generation: Option<i64>,
+    now: Timestamp,
+    set: Vec<Condition>,
+}
+
+impl<'a> Conditions<'a> {
+    pub(super) fn new(
+        old: &'a [Condition],
+        observed_generation: Option<i64>,
+        now: Timestamp,
+    ) -> Self {
+        Conditions {
+            old,
+            observed_generation,
+            now,
+            set: Vec::new(),
+        }
+    }
+
+    /// Sets `type_` to `True` (`ok`) or `False`.
+    pub(super) fn set(
+        &mut self,
+        type_: ConditionType,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> &mut Self {
+        let (type_, status) = (type_.as_str(), if ok { "True" } else { "False" });
+        let last_transition_time = self
+            .old
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(Time(self.now), |c| c.last_transition_time.clone());
+        self.set.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: self.observed_generation,
+            last_transition_time,
+        });
+        self
+    }
+
+    /// The conditions set, in order (old conditions not set again are dropped).
+    pub(super) fn into_vec(self) -> Vec<Condition> {
+        self.set
+    }
+}
+
+/// The old conditions of `f`, for [`Conditions::new`].
+fn old_conditions(f: &FloatingElasticIP) -> &[Condition] {
+    f.status.as_ref().map_or(&[], |s| &s.conditions)
+}
 
 /// Status of an object that names an address another (older) object manages.
 pub(super) fn conflict_status(
@@ -35,18 +95,11 @@ pub(super) fn conflict_status(
         owner.namespace().unwrap_or_default(),
         owner.name_any()
     );
-    let condition = |type_: &str, status: &str, reason: &str| Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.clone(),
-        observed_generation: f.metadata.generation,
-        last_transition_time: old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or(Time(now), |c| c.last_transition_time.clone()),
-    };
+    let conflict = ConditionReason::AddressConflict.as_str();
+    let mut conditions = Conditions::new(&old.conditions, f.metadata.generation, now);
+    conditions
+        .set(ConditionType::Degraded, true, conflict, message.clone())
+        .set(ConditionType::Ready, false, conflict, message);
     FloatingElasticIPStatus {
         phase: Some(Phase::Error),
         address: Some(AddressStatus {
@@ -54,16 +107,37 @@ pub(super) fn conflict_status(
             public_ip: f.spec.public_ip.clone(),
             ..Default::default()
         }),
-        conditions: vec![
-            condition("Degraded", "True", "AddressConflict"),
-            condition("Ready", "False", "AddressConflict"),
-        ],
+        conditions: conditions.into_vec(),
         observed_generation: f.metadata.generation,
         failover_count: old.failover_count,
         last_failover: old.last_failover,
         last_cleanup_request_id: old.last_cleanup_request_id,
         ..Default::default()
     }
+}
+
+/// Status of an object whose release (on deletion) failed: the old status, phase `Blocked`,
+/// the `Blocked` condition moved to the end. Its `lastTransitionTime` is `now` on every
+/// failed release, even when it was already `True` (the old one is dropped first).
+pub(super) fn blocked_release_status(
+    f: &FloatingElasticIP,
+    message: String,
+    now: Timestamp,
+) -> FloatingElasticIPStatus {
+    let mut status = f.status.clone().unwrap_or_default();
+    status.phase = Some(Phase::Blocked);
+    status
+        .conditions
+        .retain(|c| c.type_ != ConditionType::Blocked.as_str());
+    let mut blocked = Conditions::new(&[], f.metadata.generation, now);
+    blocked.set(
+        ConditionType::Blocked,
+        true,
+        ConditionReason::DisassociateFailed.as_str(),
+        message,
+    );
+    status.conditions.extend(blocked.into_vec());
+    status
 }
 
 pub(super) struct StatusInputs<'a> {
@@ -87,28 +161,79 @@ pub(super) struct StatusInputs<'a> {
 }
 
 pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
-    let old = i.f.status.clone().unwrap_or_default();
-    let generation = i.f.metadata.generation;
-    let policy = &i.spec.policy;
-    let holder_view = i
-        .holder
-        .and_then(|h| i.candidates.iter().find(|g| g.view.node == h));
-    let finding = |name: &str| i.decision.notes.iter().find(|n| n.as_str() == name);
-    let ec2_unknown = i
-        .decision
-        .notes
-        .iter()
-        .find_map(|n| match n {
-            Finding::Ec2Unknown { reason } => Some(reason.clone()),
-            _ => None,
-        })
-        .or_else(|| {
-            i.action_error
-                .filter(|e| e.is_unknown())
-                .map(|e| e.to_string())
-        });
+    let phase = phase(&i);
+    let old = i.f.status.as_ref();
+    FloatingElasticIPStatus {
+        phase: Some(phase),
+        holder: holder_status(&i, old.and_then(|o| o.holder.as_ref())),
+        address: address_status(&i, old.and_then(|o| o.address.as_ref())),
+        lease: Some(LeaseStatus {
+            name: i.f.lease_name(),
+            transitions: i.transitions,
+        }),
+        nodes: node_records(i.failures, &i.spec.policy),
+        conditions: conditions(&i, phase),
+        failover_count: i.failover_count,
+        last_failover: i.last_failover,
+        last_cleanup_request_id: i.cleanup_done,
+        observed_generation: i.f.metadata.generation,
+    }
+}
 
-    let phase = if i.blocked.is_some() {
+/// The conditions, in this order: Associated, HolderHealthy, Degraded, Blocked, Ready.
+fn conditions(i: &StatusInputs<'_>, phase: Phase) -> Vec<Condition> {
+    let degraded = degraded(i);
+    // Ready's reason is the phase; its message the Degraded one, when there is one.
+    let ready_message = degraded
+        .as_ref()
+        .map_or_else(|| phase.as_str().to_string(), |(_, m)| m.clone());
+    let is_degraded = degraded.is_some();
+    let (degraded_reason, degraded_message) =
+        degraded.unwrap_or((ConditionReason::AsExpected, "no problems".into()));
+    let (blocked_reason, blocked_message) = match i.blocked {
+        Some(m) => (ConditionReason::DisassociateFailed, m.to_string()),
+        None => (ConditionReason::NotBlocked, "not blocked".into()),
+    };
+    let (associated_reason, associated_message) = associated(i);
+    let (health_reason, health_message) = holder_health(i);
+    let mut c = Conditions::new(old_conditions(i.f), i.f.metadata.generation, i.now);
+    c.set(
+        ConditionType::Associated,
+        i.holder_on_target,
+        associated_reason.as_str(),
+        associated_message,
+    )
+    .set(
+        ConditionType::HolderHealthy,
+        i.holder_healthy,
+        health_reason.as_str(),
+        health_message,
+    )
+    .set(
+        ConditionType::Degraded,
+        is_degraded,
+        degraded_reason.as_str(),
+        degraded_message,
+    )
+    .set(
+        ConditionType::Blocked,
+        i.blocked.is_some(),
+        blocked_reason.as_str(),
+        blocked_message,
+    )
+    .set(
+        ConditionType::Ready,
+        matches!(phase, Phase::Active | Phase::Stopped),
+        phase.as_str(),
+        ready_message,
+    );
+    c.into_vec()
+}
+
+/// The phase: the first row of docs/semantics.md's "Phases" table that applies.
+fn phase(i: &StatusInputs<'_>) -> Phase {
+    let policy = &i.spec.policy;
+    if i.blocked.is_some() {
         Phase::Blocked
     } else if policy.observe_only {
         Phase::Unmanaged
@@ -120,9 +245,13 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
     {
         Phase::Error
     } else if i.holder.is_none() {
-        if finding("NoEligibleCandidate").is_some()
-            || finding("StoppedAfterAssociateFailure").is_some()
-        {
+        let nobody_electable = i.decision.notes.iter().any(|n| {
+            matches!(
+                n,
+                Finding::NoEligibleCandidate { .. } | Finding::StoppedAfterAssociateFailure { .. }
+            )
+        });
+        if nobody_electable {
             Phase::Failing
         } else {
             Phase::Pending
@@ -133,155 +262,159 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         Phase::Failing
     } else {
         Phase::Active
-    };
+    }
+}
 
-    let mut conds: Vec<Condition> = Vec::new();
-    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(i.now));
-        conds.push(Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: last,
-        });
+/// The `Associated` condition's reason and message (its status is `holder_on_target`).
+fn associated(i: &StatusInputs<'_>) -> (ConditionReason, String) {
+    let reason = if i.holder_on_target {
+        ConditionReason::OnHolder
+    } else if i.current.is_none() {
+        ConditionReason::Unknown
+    } else {
+        ConditionReason::NotOnHolder
     };
-    let associated_msg = match (i.current, i.holder) {
-        (Some(a), _) if a.network_interface_id.is_some() => format!(
+    let message = match i.current {
+        Some(a) if a.network_interface_id.is_some() => format!(
             "{} is associated with {} ({})",
             a.public_ip,
             a.network_interface_id.as_deref().unwrap_or_default(),
             a.private_ip.as_deref().unwrap_or("?")
         ),
-        (Some(a), _) => format!("{} is not associated", a.public_ip),
-        (None, _) => "address state unknown".into(),
+        Some(a) => format!("{} is not associated", a.public_ip),
+        None => "address state unknown".into(),
     };
-    set(
-        "Associated",
-        i.holder_on_target,
-        if i.holder_on_target {
-            "OnHolder"
-        } else if i.current.is_none() {
-            "Unknown"
-        } else {
-            "NotOnHolder"
-        },
-        associated_msg,
-    );
-    let holder_health_reason = match holder_view.map(|g| &g.view.health) {
+    (reason, message)
+}
+
+/// The `HolderHealthy` condition's reason and message (its status is `holder_healthy`).
+fn holder_health(i: &StatusInputs<'_>) -> (ConditionReason, String) {
+    let holder_view = i
+        .holder
+        .and_then(|h| i.candidates.iter().find(|g| g.view.node == h));
+    match holder_view.map(|g| &g.view.health) {
         Some(NodeHealth::Healthy) => (
-            "Healthy",
+            ConditionReason::Healthy,
             format!("{} is healthy", i.holder.unwrap_or_default()),
         ),
-        Some(NodeHealth::Dead { reason }) => ("HolderDead", reason.clone()),
-        Some(NodeHealth::Unknown { reason }) => ("HolderHealthUnknown", reason.clone()),
-        None => ("NoHolder", "no node holds the address".into()),
-    };
-    set(
-        "HolderHealthy",
-        i.holder_healthy,
-        holder_health_reason.0,
-        holder_health_reason.1,
-    );
-    let degraded: Option<(&str, String)> = if i.address_missing {
-        Some((
-            "AddressNotFound",
-            match (&i.f.spec.allocation_id, &i.f.spec.public_ip) {
-                (Some(a), _) => {
-                    format!("the Elastic IP {a} does not exist in this account and region")
-                }
-                (None, Some(ip)) => {
-                    format!("{ip} is not an Elastic IP of this account in this region")
-                }
-                (None, None) => "the Elastic IP does not exist in this account and region".into(),
-            },
-        ))
+        Some(NodeHealth::Dead { reason }) => (ConditionReason::HolderDead, reason.clone()),
+        Some(NodeHealth::Unknown { reason }) => {
+            (ConditionReason::HolderHealthUnknown, reason.clone())
+        }
+        None => (
+            ConditionReason::NoHolder,
+            "no node holds the address".into(),
+        ),
+    }
+}
+
+/// The `Degraded` reason and message, `None` when nothing is wrong: the first that applies
+/// of a missing address, a definite EC2 error, an unknown EC2 state, a finding of the
+/// decision, unresolvable candidates.
+fn degraded(i: &StatusInputs<'_>) -> Option<(ConditionReason, String)> {
+    if i.address_missing {
+        Some((ConditionReason::AddressNotFound, address_not_found(i.f)))
     } else if let Some(e) = i.action_error.filter(|e| !e.is_unknown()) {
+        let reason = if e.blames_target() {
+            ConditionReason::AssociateFailed
+        } else {
+            ConditionReason::Ec2Refused
+        };
+        Some((reason, e.to_string()))
+    } else if let Some(reason) = ec2_unknown(i) {
         Some((
-            if e.blames_target() {
-                "AssociateFailed"
-            } else {
-                "Ec2Refused"
-            },
-            e.to_string(),
-        ))
-    } else if let Some(reason) = &ec2_unknown {
-        Some((
-            "Ec2Unknown",
+            ConditionReason::Ec2Unknown,
             format!("EC2 state unknown, retrying with backoff (no failover): {reason}"),
         ))
     } else {
-        i.decision.notes.iter().find_map(|n| match n {
-            Finding::ForeignAssociation { network_interface_id } => Some((
-                "ForeignAssociation",
-                format!("the address is associated with {network_interface_id}, outside the candidates; set allowTakeover to take it"),
-            )),
-            Finding::NoEligibleCandidate { why } => Some(("NoEligibleCandidate", why.clone())),
-            Finding::StoppedAfterAssociateFailure { node } => {
-                Some(("StoppedAfterAssociateFailure", format!("associate failed on {node}; run cleanup to retry")))
-            }
-            Finding::DriftObserved { node, network_interface_id } if policy.observe_only => Some((
-                "DriftObserved",
-                format!("address is on {} instead of holder {node}", network_interface_id.as_deref().unwrap_or("nothing")),
-            )),
-            Finding::HolderHealthUnknown { node, reason } => Some(("HolderHealthUnknown", format!("{node}: {reason}"))),
+        i.decision
+            .notes
+            .iter()
+            .find_map(|n| degraded_by_finding(n, &i.spec.policy))
+            .or_else(|| unresolvable_candidates(i.candidates))
+    }
+}
+
+/// Why EC2's state is unknown: the decision's finding, else an unknown action error.
+fn ec2_unknown(i: &StatusInputs<'_>) -> Option<String> {
+    i.decision
+        .notes
+        .iter()
+        .find_map(|n| match n {
+            Finding::Ec2Unknown { reason } => Some(reason.clone()),
             _ => None,
         })
-        // The address is placed, but some candidates could never take it: say which and why
-        // (a misspelt node, no providerID, an instance in another region or VPC).
         .or_else(|| {
-            let broken: Vec<String> = i
-                .candidates
-                .iter()
-                .filter_map(|g| match &g.view.eligibility {
-                    Eligibility::Unresolvable { reason } => Some(format!("{}: {reason}", g.view.node)),
-                    _ => None,
-                })
-                .collect();
-            (!broken.is_empty()).then(|| ("CandidateUnresolvable", broken.join("; ")))
+            i.action_error
+                .filter(|e| e.is_unknown())
+                .map(|e| e.to_string())
         })
-    };
-    match &degraded {
-        Some((reason, msg)) => set("Degraded", true, reason, msg.clone()),
-        None => set("Degraded", false, "AsExpected", "no problems".into()),
-    }
-    match i.blocked {
-        Some(msg) => set("Blocked", true, "DisassociateFailed", msg.to_string()),
-        None => set("Blocked", false, "NotBlocked", "not blocked".into()),
-    }
-    let ready = matches!(phase, Phase::Active | Phase::Stopped);
-    set(
-        "Ready",
-        ready,
-        match phase {
-            Phase::Active => "Active",
-            Phase::Stopped => "Stopped",
-            Phase::Pending => "Pending",
-            Phase::Associating => "Associating",
-            Phase::Failing => "Failing",
-            Phase::Unmanaged => "Unmanaged",
-            Phase::Blocked => "Blocked",
-            Phase::Error => "Error",
-        },
-        match &degraded {
-            Some((_, m)) => m.clone(),
-            None => format!("{phase:?}"),
-        },
-    );
+}
 
-    let holder_status = i.holder.map(|h| {
+fn address_not_found(f: &FloatingElasticIP) -> String {
+    match (&f.spec.allocation_id, &f.spec.public_ip) {
+        (Some(a), _) => format!("the Elastic IP {a} does not exist in this account and region"),
+        (None, Some(ip)) => format!("{ip} is not an Elastic IP of this account in this region"),
+        (None, None) => "the Elastic IP does not exist in this account and region".into(),
+    }
+}
+
+/// The `Degraded` reason and message a finding of the decision gives, if any.
+fn degraded_by_finding(n: &Finding, policy: &Policy) -> Option<(ConditionReason, String)> {
+    match n {
+        Finding::ForeignAssociation {
+            network_interface_id,
+        } => Some((
+            ConditionReason::ForeignAssociation,
+            format!(
+                "the address is associated with {network_interface_id}, outside the candidates; set allowTakeover to take it"
+            ),
+        )),
+        Finding::NoEligibleCandidate { why } => {
+            Some((ConditionReason::NoEligibleCandidate, why.clone()))
+        }
+        Finding::StoppedAfterAssociateFailure { node } => Some((
+            ConditionReason::StoppedAfterAssociateFailure,
+            format!("associate failed on {node}; run cleanup to retry"),
+        )),
+        Finding::DriftObserved {
+            node,
+            network_interface_id,
+        } if policy.observe_only => Some((
+            ConditionReason::DriftObserved,
+            format!(
+                "address is on {} instead of holder {node}",
+                network_interface_id.as_deref().unwrap_or("nothing")
+            ),
+        )),
+        Finding::HolderHealthUnknown { node, reason } => Some((
+            ConditionReason::HolderHealthUnknown,
+            format!("{node}: {reason}"),
+        )),
+        _ => None,
+    }
+}
+
+/// The address is placed, but some candidates could never take it: say which and why
+/// (a misspelt node, no providerID, an instance in another region or VPC).
+fn unresolvable_candidates(candidates: &[CandidateFacts]) -> Option<(ConditionReason, String)> {
+    let broken: Vec<String> = candidates
+        .iter()
+        .filter_map(|g| match &g.view.eligibility {
+            Eligibility::Unresolvable { reason } => Some(format!("{}: {reason}", g.view.node)),
+            _ => None,
+        })
+        .collect();
+    (!broken.is_empty()).then(|| (ConditionReason::CandidateUnresolvable, broken.join("; ")))
+}
+
+/// `status.holder`: the holder's target (or gathered instance); `since` is kept while the
+/// holder is the same node.
+fn holder_status(i: &StatusInputs<'_>, old: Option<&HolderStatus>) -> Option<HolderStatus> {
+    i.holder.map(|h| {
         let g = i.candidates.iter().find(|g| g.view.node == h);
         let t = g.and_then(|g| g.view.target.as_ref());
         let since = old
-            .holder
-            .as_ref()
             .filter(|o| o.node == h)
             .and_then(|o| o.since.clone())
             .unwrap_or(Time(i.now));
@@ -294,8 +427,12 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
             private_ip_address: t.map(|t| t.private_ip.clone()),
             since: Some(since),
         }
-    });
-    let address = match i.current {
+    })
+}
+
+/// `status.address`: as EC2 reports it; when EC2 was not read, the old one, else the spec's.
+fn address_status(i: &StatusInputs<'_>, old: Option<&AddressStatus>) -> Option<AddressStatus> {
+    match i.current {
         Some(a) => Some(AddressStatus {
             allocation_id: Some(a.allocation_id.clone()),
             public_ip: Some(a.public_ip.clone()),
@@ -303,16 +440,20 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
             network_interface_id: a.network_interface_id.clone(),
             private_ip_address: a.private_ip.clone(),
         }),
-        None => old.address.clone().or_else(|| {
+        None => old.cloned().or_else(|| {
             Some(AddressStatus {
                 allocation_id: i.f.spec.allocation_id.clone(),
                 public_ip: i.f.spec.public_ip.clone(),
                 ..Default::default()
             })
         }),
-    };
-    let nodes = i
-        .failures
+    }
+}
+
+/// `status.nodes`: one record per node with failures; banned at the migration threshold,
+/// until `failureTimeout` after the last failure when there is one.
+fn node_records(failures: &BTreeMap<String, FailureRecord>, policy: &Policy) -> Vec<NodeRecord> {
+    failures
         .iter()
         .map(|(node, rec)| {
             let banned = rec.count >= policy.migration_threshold;
@@ -331,20 +472,5 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
                 banned_until,
             }
         })
-        .collect();
-    FloatingElasticIPStatus {
-        phase: Some(phase),
-        holder: holder_status,
-        address,
-        lease: Some(LeaseStatus {
-            name: i.f.lease_name(),
-            transitions: i.transitions,
-        }),
-        failover_count: i.failover_count,
-        last_failover: i.last_failover,
-        nodes,
-        last_cleanup_request_id: i.cleanup_done,
-        conditions: conds,
-        observed_generation: generation,
-    }
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! controller was restructured: they prove each restructuring step changes nothing.
 
 mod apply;
+mod conditions;
 mod fixtures;
 mod holder_lease;
 mod observe;
