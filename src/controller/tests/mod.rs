@@ -2,8 +2,10 @@
 //! controller was restructured: they prove each restructuring step changes nothing.
 
 mod apply;
+mod candidates;
 mod fixtures;
 mod holder_lease;
 mod observe;
+mod plan;
 mod status;
 mod triggers;
