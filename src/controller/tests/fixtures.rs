@@ -2,19 +2,24 @@
 //! answers and errors, nodes, and a `StatusInputs` case that owns everything it borrows.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::aws::{AddressInfo, Ec2Error};
+use crate::aws::{AddressInfo, Ec2Error, InstanceInfo, InterfaceInfo};
 use crate::crd::{FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus};
 use crate::decide::{
-    Action, CandidateView, Decision, Eligibility, FailureKind, FailureRecord, Finding, NodeHealth,
-    Target,
+    Action, AddressObservation, CandidateView, Decision, Eligibility, FailureKind, FailureRecord,
+    Finding, Input, NodeHealth, Policy, Target,
 };
+use crate::health::ProbeSignal;
+use crate::kube_ext::NodeFacts;
 
-use super::super::observe::CandidateFacts;
+use super::super::context::{CandidateReading, CandidateReadings};
+use super::super::observe::{CandidateFacts, Listed, Observed};
 use super::super::spec::resolve;
 use super::super::status::{StatusInputs, build_status};
 
@@ -323,4 +328,131 @@ pub(super) fn typical_node() -> serde_json::Value {
             ],
         },
     })
+}
+
+/// The controller's region in the candidate readings built here.
+pub(super) const REGION: &str = "ap-northeast-1";
+
+/// `node`'s Node facts: Ready, InternalIP, providerID `aws:///ap-northeast-1a/i-<node>`.
+pub(super) fn node_facts(node: &str) -> NodeFacts {
+    NodeFacts {
+        provider_id: Some(format!("aws:///{REGION}a/i-{node}")),
+        ready: vec!["True".into()],
+        internal_ips: vec![target(node).private_ip],
+        ..NodeFacts::default()
+    }
+}
+
+/// `node`'s running instance in `vpc-1`, whose interface at device index 0 is `target(node)`
+/// with one secondary private IP `10.0.1.<n>`.
+pub(super) fn instance_of(node: &str) -> InstanceInfo {
+    let t = target(node);
+    InstanceInfo {
+        instance_id: t.instance_id,
+        state: "running".into(),
+        vpc_id: Some("vpc-1".into()),
+        availability_zone: Some(format!("{REGION}a")),
+        interfaces: vec![InterfaceInfo {
+            network_interface_id: t.network_interface_id,
+            device_index: 0,
+            primary_private_ip: t.private_ip.clone(),
+            private_ips: vec![t.private_ip, secondary_ip(node)],
+        }],
+    }
+}
+
+/// The secondary private IP on `node`'s interface (see [`instance_of`]).
+pub(super) fn secondary_ip(node: &str) -> String {
+    format!("10.0.1.{}", node.len() + 10)
+}
+
+/// A candidate as the caches describe it: listed with priority 0, Node present, instance
+/// described and covered, heartbeat fresh, no probe.
+pub(super) fn reading(node: &str) -> CandidateReading {
+    CandidateReading {
+        listed: Listed {
+            node: node.into(),
+            priority: 0,
+            private_ip: None,
+        },
+        node: Some(node_facts(node)),
+        instance: Some(instance_of(node)),
+        instance_covered: true,
+        heartbeat_age: Some(Duration::from_secs(1)),
+        probe: ProbeSignal::Off,
+    }
+}
+
+/// The readings of `list` in [`REGION`], EC2 and the API answering.
+pub(super) fn readings(list: Vec<CandidateReading>) -> CandidateReadings {
+    CandidateReadings {
+        list,
+        region: Some(REGION.into()),
+        instances_error: None,
+        api_failing: false,
+    }
+}
+
+/// What `observe` gives for `candidates` with `holder` recorded (unconfirmed) and the
+/// address as EC2 reports it (`None`: not known).
+pub(super) fn observed(
+    candidates: Vec<CandidateFacts>,
+    holder: Option<&str>,
+    address: Option<AddressInfo>,
+) -> Observed {
+    let observation = match &address {
+        Some(a) => match &a.network_interface_id {
+            Some(eni) => AddressObservation::Associated {
+                network_interface_id: eni.clone(),
+                private_ip: a.private_ip.clone(),
+                association_id: a.association_id.clone(),
+            },
+            None => AddressObservation::Unassociated,
+        },
+        None => AddressObservation::Unknown {
+            reason: "not looked up yet".into(),
+        },
+    };
+    Observed {
+        input: Input {
+            now: now(),
+            policy: Policy::default(),
+            candidates: candidates.iter().map(|c| c.view.clone()).collect(),
+            holder: holder.map(str::to_string),
+            holder_confirmed: false,
+            failures: BTreeMap::new(),
+            address: observation,
+        },
+        candidates,
+        address,
+        address_missing: false,
+        cleanup_done: None,
+        transitions: 0,
+        probe_pending: false,
+        needs_instance_read: false,
+    }
+}
+
+/// A holder Lease `feip-web` held by `holder` with `annotations` and `transitions`.
+pub(super) fn holder_lease(
+    holder: Option<&str>,
+    annotations: serde_json::Value,
+    transitions: Option<i32>,
+) -> Lease {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "feip-web", "namespace": "default", "annotations": annotations},
+        "spec": {"holderIdentity": holder, "leaseTransitions": transitions},
+    }))
+    .expect("lease")
+}
+
+/// Asserts every row's `got == want`, naming each failing row.
+#[track_caller]
+pub(super) fn assert_rows<T: PartialEq + std::fmt::Debug>(rows: Vec<(&str, T, T)>) {
+    let failed: Vec<String> = rows
+        .into_iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(name, got, want)| format!("{name}:\n  got  {got:?}\n  want {want:?}"))
+        .collect();
+    assert!(failed.is_empty(), "rows failed:\n{}", failed.join("\n"));
 }
