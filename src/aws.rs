@@ -39,6 +39,13 @@ impl Outcome {
     }
 }
 
+/// Which of EC2's request-rate buckets a request draws from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestKind {
+    Describe,
+    Mutating,
+}
+
 /// Receives one call per EC2 request (operation, outcome, elapsed).
 pub type Observer = Arc<dyn Fn(&'static str, Outcome, Duration) + Send + Sync>;
 
@@ -232,11 +239,10 @@ impl Budget {
         }
     }
 
-    async fn acquire(&self, mutating: bool) {
-        let bucket = if mutating {
-            &self.mutating
-        } else {
-            &self.describe
+    async fn acquire(&self, kind: RequestKind) {
+        let bucket = match kind {
+            RequestKind::Mutating => &self.mutating,
+            RequestKind::Describe => &self.describe,
         };
         loop {
             let wait = match bucket.lock().await.try_take(Instant::now()) {
@@ -382,7 +388,7 @@ impl Ec2 {
     where
         F: std::future::Future<Output = Result<T, Ec2Error>>,
     {
-        self.budget.acquire(false).await;
+        self.budget.acquire(RequestKind::Describe).await;
         self.send(operation, fut).await
     }
 
@@ -400,7 +406,7 @@ impl Ec2 {
         B: FnOnce(&aws_sdk_ec2::Client, MutationPermit) -> F,
         F: std::future::Future<Output = Result<T, Ec2Error>>,
     {
-        self.budget.acquire(true).await;
+        self.budget.acquire(RequestKind::Mutating).await;
         let Some(permit) = leadership.permit() else {
             tracing::info!(operation, "mutation not sent: leadership window closed");
             return Err(Ec2Error::NotSent { operation });

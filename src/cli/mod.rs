@@ -32,7 +32,7 @@ pub use render::{
     STATUS_HEADERS, describe, format_bans, format_last_failover, human_duration, render_table,
     status_row,
 };
-pub use session::{ConnectOptions, FIELD_MANAGER, Report, Session};
+pub use session::{ConnectOptions, FIELD_MANAGER, Report, Session, Standby};
 
 use crate::crd::{Management, TargetState};
 use crate::telemetry::LogFormat;
@@ -330,8 +330,8 @@ pub async fn run_verb(verb: Command) -> anyhow::Result<Report> {
         Command::Enable(a) => s.set_target_state(&a.name, TargetState::Started).await,
         Command::Unmanage(a) => s.set_management(&a.name, Management::ObserveOnly).await,
         Command::Manage(a) => s.set_management(&a.name, Management::Managed).await,
-        Command::Standby(a) => s.standby(&a.node, true).await,
-        Command::Unstandby(a) => s.standby(&a.node, false).await,
+        Command::Standby(a) => s.standby(&a.node, Standby::Enter).await,
+        Command::Unstandby(a) => s.standby(&a.node, Standby::Leave).await,
     }
 }
 

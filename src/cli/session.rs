@@ -57,6 +57,13 @@ pub struct ConnectOptions {
     pub namespace: Option<String>,
 }
 
+/// `feip standby` puts a node in standby, `feip unstandby` takes it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standby {
+    Enter,
+    Leave,
+}
+
 /// A client and the namespace the verbs act in.
 #[derive(Clone)]
 pub struct Session {
@@ -423,7 +430,8 @@ impl Session {
     }
 
     /// `feip standby|unstandby NODE`: sets or removes the standby label.
-    pub async fn standby(&self, node: &str, on: bool) -> anyhow::Result<Report> {
+    pub async fn standby(&self, node: &str, change: Standby) -> anyhow::Result<Report> {
+        let on = change == Standby::Enter;
         self.get_node(node).await?;
         let value = if on { json!("true") } else { Value::Null };
         let patch = json!({"metadata": {"labels": {STANDBY_LABEL: value}}});

@@ -1,3 +1,6 @@
+//! Finalizer cleanup (client): release the association on deletion (unless retained,
+//! observe-only, or the address is not on a candidate), then delete the holder Lease.
+
 use std::sync::Arc;
 
 use jiff::Timestamp;

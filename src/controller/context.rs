@@ -1,3 +1,6 @@
+//! What a reconcile reads: the shared [`Context`] (clients, caches, the EC2 view, per-address
+//! memory), and the snapshots that read every cache and lock a reconcile needs at once.
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
-use super::observe::{AddressLookup, Listed, listed_candidates, lookup_address};
+use super::observe::{AddressLookup, Ec2Reads, Listed, listed_candidates, lookup_address};
 use super::spec::ResolvedSpec;
 
 /// Controller settings (from flags).
@@ -132,13 +135,18 @@ impl Context {
     /// Every cache and lock read a reconcile needs about its address and its ownership, at
     /// one instant.
     pub(super) fn snapshot(&self, f: &FloatingElasticIP) -> Snapshot {
-        let fresh = self
+        let reads = if self
             .fresh_since_leadership
-            .load(std::sync::atomic::Ordering::SeqCst);
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            Ec2Reads::SinceLeadership
+        } else {
+            Ec2Reads::NoneSinceLeadership
+        };
         let ns = f.namespace().unwrap_or_default();
         let view = lock(&self.view);
         Snapshot {
-            address: lookup_address(&view, fresh, f),
+            address: lookup_address(&view, reads, f),
             ec2_unreadable: view.addresses_error.is_some(),
             ip_to_allocation: view
                 .addresses

@@ -1,3 +1,7 @@
+//! The EC2 monitor: one batched DescribeAddresses and DescribeInstances per interval for every
+//! address, merged into the shared view ([`Ec2View::merge`], no client), then reconciles of
+//! just the addresses whose EC2 state changed.
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

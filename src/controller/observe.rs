@@ -378,16 +378,19 @@ pub(super) fn observe(
 fn exclude_other_networks(candidates: &mut [CandidateFacts], address: Option<&AddressInfo>) {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(candidates[i].view.priority));
-    let placed: Vec<(String, Option<String>, Option<String>)> = order
+    let placed: Vec<Placement> = order
         .iter()
         .map(|&i| {
             let c = &candidates[i];
-            let eni = c
-                .view
-                .target
-                .as_ref()
-                .map(|t| t.network_interface_id.clone());
-            (c.view.node.clone(), c.vpc_id.clone(), eni)
+            Placement {
+                node: c.view.node.clone(),
+                vpc: c.vpc_id.clone(),
+                eni: c
+                    .view
+                    .target
+                    .as_ref()
+                    .map(|t| t.network_interface_id.clone()),
+            }
         })
         .collect();
     let on = address.and_then(|a| a.network_interface_id.as_deref());
@@ -487,11 +490,22 @@ impl AddressLookup {
     }
 }
 
+/// Whether the monitor has read EC2 since this replica became leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ec2Reads {
+    SinceLeadership,
+    NoneSinceLeadership,
+}
+
 /// The address in the EC2 view. A new leader acts only on EC2 data it read itself (`fresh`):
 /// until then the address is unknown, so it decides nothing on EC2's behalf and adopts
 /// whatever it then finds (no remap).
-pub(super) fn lookup_address(view: &Ec2View, fresh: bool, f: &FloatingElasticIP) -> AddressLookup {
-    if !fresh {
+pub(super) fn lookup_address(
+    view: &Ec2View,
+    reads: Ec2Reads,
+    f: &FloatingElasticIP,
+) -> AddressLookup {
+    if reads == Ec2Reads::NoneSinceLeadership {
         return AddressLookup::NotReadSinceLeadership;
     }
     if let Some(e) = &view.addresses_error {
@@ -570,21 +584,25 @@ pub(super) fn zone_outside_region(
 /// over VPCs are a misconfiguration (a wrong node listed): feip never moves an address into
 /// another network. The address's network is the VPC of the candidate interface it is on;
 /// when it is on none, the VPC most candidates share (ties: the most preferred candidate's).
-/// `candidates` = (node, VPC if known, interface if resolved), most preferred first.
+/// `candidates` are most preferred first.
 pub(super) fn vpc_mismatches(
-    candidates: &[(String, Option<String>, Option<String>)],
+    candidates: &[Placement],
     associated_eni: Option<&str>,
 ) -> Vec<(String, String)> {
     let on = associated_eni.and_then(|eni| {
         candidates
             .iter()
-            .find(|(_, vpc, e)| vpc.is_some() && e.as_deref() == Some(eni))
+            .find(|p| p.vpc.is_some() && p.eni.as_deref() == Some(eni))
     });
     let (reference, why) = match on {
-        Some((node, Some(vpc), _)) => (vpc.clone(), format!("where the address is (on {node})")),
+        Some(Placement {
+            node,
+            vpc: Some(vpc),
+            ..
+        }) => (vpc.clone(), format!("where the address is (on {node})")),
         _ => {
             let mut counts: Vec<(&String, usize)> = Vec::new();
-            for vpc in candidates.iter().filter_map(|(_, v, _)| v.as_ref()) {
+            for vpc in candidates.iter().filter_map(|p| p.vpc.as_ref()) {
                 match counts.iter_mut().find(|(v, _)| *v == vpc) {
                     Some((_, n)) => *n += 1,
                     None => counts.push((vpc, 1)),
@@ -599,7 +617,7 @@ pub(super) fn vpc_mismatches(
     };
     candidates
         .iter()
-        .filter_map(|(node, vpc, _)| {
+        .filter_map(|Placement { node, vpc, .. }| {
             let vpc = vpc.as_ref()?;
             (*vpc != reference).then(|| {
                 (
@@ -611,6 +629,15 @@ pub(super) fn vpc_mismatches(
             })
         })
         .collect()
+}
+
+/// Where a candidate would put the address: its VPC (if its instance is known) and its
+/// interface (if resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Placement {
+    pub(super) node: String,
+    pub(super) vpc: Option<String>,
+    pub(super) eni: Option<String>,
 }
 
 /// The address an object names, for conflict detection: its allocation id, resolved from the
@@ -781,12 +808,10 @@ mod tests {
 
     #[test]
     fn candidates_outside_the_address_network_are_found() {
-        let c = |node: &str, vpc: Option<&str>, eni: Option<&str>| {
-            (
-                node.to_string(),
-                vpc.map(str::to_string),
-                eni.map(str::to_string),
-            )
+        let c = |node: &str, vpc: Option<&str>, eni: Option<&str>| Placement {
+            node: node.to_string(),
+            vpc: vpc.map(str::to_string),
+            eni: eni.map(str::to_string),
         };
         let nodes = |m: Vec<(String, String)>| m.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         let placed = vec![

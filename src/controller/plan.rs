@@ -278,6 +278,27 @@ pub(super) fn settle(
     }
 }
 
+/// The Lease write that confirms (or renews) the holder once the address is on it. `reason`
+/// is the one the Lease already carries; `pending` the failover this reconcile is about to
+/// record in status.
+pub(super) fn confirm_record<'a>(
+    spec: &ResolvedSpec,
+    plan: &'a Plan,
+    reason: &'a str,
+    pending: Option<&'a PendingFailover>,
+    status: &FloatingElasticIPStatus,
+) -> LeaseRecord<'a> {
+    let _ = (pending, status);
+    LeaseRecord {
+        holder: plan.holder.as_deref(),
+        transitions: plan.transitions,
+        confirmed: true,
+        reason,
+        failover: None,
+        duration: lease_duration(spec),
+    }
+}
+
 /// A failover that completes now: its record for status, its duration and its reason.
 pub(super) struct CompletedFailover {
     pub(super) record: FailoverRecord,

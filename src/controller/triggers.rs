@@ -1,3 +1,13 @@
+//! Wake-ups: what makes an address be reconciled besides its own requeue timer. Node facts,
+//! heartbeat verdicts and probe verdicts that change reconcile just the addresses listing the
+//! affected node (`Context::targeted`, fed to `Controller::reconcile_on`); a leadership change
+//! or an EC2 error reconciles everything (`reconcile_all_on`).
+//!
+//! `reconcile_on` needs kube's `unstable-runtime` feature: an API kube may change between
+//! releases (check it on every kube upgrade). `.watches()` mappers are not used instead because
+//! a heartbeat verdict is not an object change, the targeting is per node across up to
+//! thousands of addresses, and `forward_changes` coalesces bursts of changes into one pass.
+
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;

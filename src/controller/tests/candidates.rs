@@ -9,8 +9,8 @@ use crate::decide::{AddressObservation, Eligibility, NodeHealth, Target};
 
 use super::super::context::{AddressMemory, CandidateReading, Ec2View};
 use super::super::observe::{
-    AddressLookup, CleanupRequest, Judging, candidate_facts, cleanup_request, lookup_address,
-    observe, observe_address,
+    AddressLookup, CleanupRequest, Ec2Reads, Judging, candidate_facts, cleanup_request,
+    lookup_address, observe, observe_address,
 };
 use super::super::spec::resolve;
 use super::fixtures::*;
@@ -851,52 +851,52 @@ fn lookup_address_table() {
     assert_rows(vec![
         (
             "not_fresh_since_leadership_ignores_what_is_cached",
-            lookup_address(&found, false, &by_alloc),
+            lookup_address(&found, Ec2Reads::NoneSinceLeadership, &by_alloc),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
             "not_fresh_wins_over_an_error",
-            lookup_address(&failing, false, &by_alloc),
+            lookup_address(&failing, Ec2Reads::NoneSinceLeadership, &by_alloc),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
             "describe_error_is_unreadable_even_with_cached_data",
-            lookup_address(&failing, true, &by_alloc),
+            lookup_address(&failing, Ec2Reads::SinceLeadership, &by_alloc),
             AddressLookup::Unreadable("DescribeAddresses outcome unknown: timeout".into()),
         ),
         (
             "allocation_id_found",
-            lookup_address(&found, true, &by_alloc),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &by_alloc),
             AddressLookup::Found(address_on(Some("a"))),
         ),
         (
             "allocation_id_covered_but_absent",
-            lookup_address(&covered_empty, true, &by_alloc),
+            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_alloc),
             AddressLookup::Absent,
         ),
         (
             "allocation_id_not_covered_yet",
-            lookup_address(&not_covered, true, &by_alloc),
+            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_alloc),
             AddressLookup::NotLookedUpYet,
         ),
         (
             "public_ip_found",
-            lookup_address(&found, true, &by_ip),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &by_ip),
             AddressLookup::Found(address_on(Some("a"))),
         ),
         (
             "public_ip_covered_but_absent",
-            lookup_address(&covered_empty, true, &by_ip),
+            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_ip),
             AddressLookup::Absent,
         ),
         (
             "public_ip_not_covered_yet",
-            lookup_address(&not_covered, true, &by_ip),
+            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_ip),
             AddressLookup::NotLookedUpYet,
         ),
         (
             "no_allocation_id_nor_public_ip",
-            lookup_address(&found, true, &neither),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &neither),
             AddressLookup::NoAddressInSpec,
         ),
     ]);
