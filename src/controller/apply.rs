@@ -18,10 +18,8 @@ use crate::crd::{FailoverRecord, FloatingElasticIP};
 use crate::decide::{self, Decision, FailureKind, FailureRecord, Target};
 
 use super::Error;
-use super::context::{Context, Snapshot, key, lock};
-use super::holder_lease::{
-    self, LeaseRecord, REASON_ANNOTATION, lease_duration, pending_from_lease,
-};
+use super::context::{Context, PendingFailover, Snapshot, key, lock};
+use super::holder_lease::{self, REASON_ANNOTATION, pending_from_lease};
 use super::observe::{self, AddressLookup, Observed, conflicting_owner};
 use super::plan::{self, Ec2Call, EventNote, Next, Outcome, Plan, Settlement};
 use super::report::{patch_status, publish};
@@ -113,8 +111,9 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
         return Ok(until_mutation_allowed(&ctx));
     };
     let settled = pass.settle(&outcome);
-    confirm_lease(&ctx, &pass, &settled).await;
-    let failover = complete_failover(&ctx, &pass, &settled).await;
+    let pending = pass.pending_failover(&ctx);
+    confirm_lease(&ctx, &pass, &settled, pending.as_ref()).await;
+    let failover = complete_failover(&ctx, &pass, &settled, pending.as_ref()).await;
     clear_pin(&ctx, &f, &settled).await?;
     report(&ctx, &pass, &outcome, &settled, &failures, failover).await?;
     let next = plan::next(&spec, &decision, &plan, &outcome, settled.holder_on_target);
@@ -135,6 +134,14 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// The failover not completed yet: this process's, or the one a previous leader (or this
+    /// process before a restart) recorded on the Lease.
+    fn pending_failover(&self, ctx: &Context) -> Option<PendingFailover> {
+        ctx.memory_of(self.key)
+            .pending
+            .or_else(|| pending_from_lease(self.lease))
+    }
+
     fn settle(&self, outcome: &Outcome) -> Settlement {
         let renewed_at = self
             .lease
@@ -315,7 +322,12 @@ async fn associate(
 
 /// Step 3: the Lease confirmed (or renewed) once the address is on the holder. A failed
 /// confirmation is retried by the next pass.
-async fn confirm_lease(ctx: &Context, pass: &Pass<'_>, settled: &Settlement) {
+async fn confirm_lease(
+    ctx: &Context,
+    pass: &Pass<'_>,
+    settled: &Settlement,
+    pending: Option<&PendingFailover>,
+) {
     if !settled.confirm_lease {
         return;
     }
@@ -328,14 +340,8 @@ async fn confirm_lease(ctx: &Context, pass: &Pass<'_>, settled: &Settlement) {
         .and_then(|l| l.metadata.annotations.as_ref())
         .and_then(|a| a.get(REASON_ANNOTATION).cloned())
         .unwrap_or_else(|| "Adopted".into());
-    let record = LeaseRecord {
-        holder: pass.plan.holder.as_deref(),
-        transitions: pass.plan.transitions,
-        confirmed: true,
-        reason: &reason,
-        failover: None,
-        duration: lease_duration(pass.spec),
-    };
+    let status = f.status.clone().unwrap_or_default();
+    let record = plan::confirm_record(pass.spec, pass.plan, &reason, pending, &status);
     let written =
         holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await;
     if let Err(e) = written {
@@ -373,19 +379,15 @@ async fn complete_failover(
     ctx: &Context,
     pass: &Pass<'_>,
     settled: &Settlement,
+    pending: Option<&PendingFailover>,
 ) -> Option<FailoverRecord> {
     if !settled.holder_on_target {
         return None;
     }
-    let confirmed = pass.observed.input.holder_confirmed;
-    let pending = ctx
-        .memory_of(pass.key)
-        .pending
-        .or_else(|| pending_from_lease(pass.lease, confirmed));
     let status = pass.f.status.clone().unwrap_or_default();
     let completed = Timestamp::now(); // after the confirming Describe, not the pass's start
     let holder = pass.plan.holder.as_deref();
-    let done = plan::completed_failover(pending.as_ref(), holder, &status, completed)?;
+    let done = plan::completed_failover(pending, holder, &status, completed)?;
     ctx.metrics.failover(done.reason.as_str(), done.duration);
     let note = format!(
         "address confirmed on {} {:.3}s after detection ({})",

@@ -36,12 +36,11 @@ pub(super) fn already_recorded(status: &FloatingElasticIPStatus, p: &PendingFail
     })
 }
 
-/// An unfinished failover recorded on the Lease by a previous leader (or before a restart).
-pub(super) fn pending_from_lease(
-    lease: Option<&Lease>,
-    confirmed: bool,
-) -> Option<PendingFailover> {
-    let lease = lease.filter(|_| !confirmed)?;
+/// A failover recorded on the Lease by a previous leader (or before a restart) that may not be
+/// in the status yet: the Lease keeps it, confirmed or not, until the status records it
+/// (`plan::confirm_record`).
+pub(super) fn pending_from_lease(lease: Option<&Lease>) -> Option<PendingFailover> {
+    let lease = lease?;
     let a = lease.metadata.annotations.as_ref()?;
     Some(PendingFailover {
         from: Some(a.get(FAILOVER_FROM_ANNOTATION)?.clone()),

@@ -288,13 +288,23 @@ pub(super) fn confirm_record<'a>(
     pending: Option<&'a PendingFailover>,
     status: &FloatingElasticIPStatus,
 ) -> LeaseRecord<'a> {
-    let _ = (pending, status);
+    let holder = plan.holder.as_deref();
+    // Until the status records it, the failover stays on the Lease: a successor (or this
+    // process after a restart) completes it from there.
+    let failover = pending
+        .filter(|p| Some(p.to.as_str()) == holder && !already_recorded(status, p))
+        .and_then(|p| {
+            Some(FailoverStart {
+                from: p.from.as_deref()?,
+                detected_at: p.detected_at,
+            })
+        });
     LeaseRecord {
-        holder: plan.holder.as_deref(),
+        holder,
         transitions: plan.transitions,
         confirmed: true,
         reason,
-        failover: None,
+        failover,
         duration: lease_duration(spec),
     }
 }
