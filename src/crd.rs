@@ -658,7 +658,7 @@ mod tests {
         let generated = crd_yaml().expect("crd serialises");
         assert!(
             committed == generated,
-            "crds/floatingelasticips.feip.io.yaml is stale: run `cargo run -- crd > crds/floatingelasticips.feip.io.yaml`"
+            "crds/floatingelasticips.feip.io.yaml is stale: run hack/gen-crd.sh (it writes this file and the chart's copy)"
         );
     }
 

@@ -701,7 +701,7 @@ fn chart_crd_is_a_byte_identical_copy_of_the_generated_crd() -> anyhow::Result<(
         let got = std::fs::read(repo(&format!("{CHART}/crds/{file}")))?;
         assert!(
             want == got,
-            "{CHART}/crds/{file} differs from crds/{file}: run `cp crds/{file} {CHART}/crds/`"
+            "{CHART}/crds/{file} differs from crds/{file}: run hack/gen-crd.sh"
         );
     }
     Ok(())
