@@ -1,7 +1,6 @@
 //! What the verbs write and what they refuse (no client): spec patches, the candidate and ban
 //! checks, and `CliError`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,7 +8,6 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::ResourceExt;
-use kube::core::SelectorExt as _;
 use serde_json::{Value, json};
 
 use super::NONE;
@@ -138,10 +136,6 @@ fn candidate_names(spec: &FloatingElasticIPSpec) -> String {
 
 /// Whether a label selector matches; an unparseable selector matches nothing (as the
 /// controller treats it).
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    kube::core::Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
-}
-
 pub(super) fn selector_text(selector: &LabelSelector) -> String {
     kube::core::Selector::try_from(selector.clone())
         .map(|s| s.to_string())
@@ -176,7 +170,7 @@ pub fn check_candidate(
     let Some(n) = node_obj else {
         return Err(CliError::NodeNotFound(node.into()));
     };
-    if selector_matches(selector, n.labels()) {
+    if crate::kube_ext::selector_matches(selector, n.labels()) {
         Ok(())
     } else {
         Err(CliError::SelectorMismatch {

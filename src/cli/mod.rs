@@ -24,9 +24,10 @@ use std::time::Duration;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use jiff::Timestamp;
 
+pub use crate::kube_ext::selector_matches;
 pub use edit::{
     CliError, ban_patch, check_candidate, check_not_banned, cleanup_patch, clear_patch,
-    cleared_constraints, expiry, move_patch, new_request_id, selector_matches,
+    cleared_constraints, expiry, move_patch, new_request_id,
 };
 pub use render::{
     STATUS_HEADERS, describe, format_bans, format_last_failover, human_duration, render_table,

@@ -137,8 +137,7 @@ impl Pass<'_> {
     /// The failover not completed yet: this process's, or the one a previous leader (or this
     /// process before a restart) recorded on the Lease.
     fn pending_failover(&self, ctx: &Context) -> Option<PendingFailover> {
-        ctx.memory_of(self.key)
-            .pending
+        ctx.remember(self.key, |m| m.pending.clone())
             .or_else(|| pending_from_lease(self.lease))
     }
 
@@ -309,7 +308,7 @@ async fn associate(
     confirm_timeout: Duration,
 ) -> Result<AddressInfo, Ec2Error> {
     let eni = target.network_interface_id.as_str();
-    let retrying = ctx.memory_of(k).failed_attempts > 0;
+    let retrying = ctx.remember(k, |m| m.failed_attempts > 0);
     if !(retrying && already_on(ctx, allocation_id, eni).await) {
         ctx.ec2
             .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)

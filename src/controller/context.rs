@@ -223,12 +223,7 @@ impl Context {
         }
     }
 
-    /// A copy of the address's in-memory state.
-    pub(super) fn memory_of(&self, key: &str) -> AddressMemory {
-        lock(&self.memory).get(key).cloned().unwrap_or_default()
-    }
-
-    /// Changes the address's in-memory state.
+    /// Reads or changes the address's in-memory state (under its lock, nothing copied).
     pub(super) fn remember<R>(&self, key: &str, change: impl FnOnce(&mut AddressMemory) -> R) -> R {
         change(lock(&self.memory).entry(key.to_string()).or_default())
     }
