@@ -265,6 +265,17 @@ pub struct AddressInfo {
     pub instance_id: Option<String>,
 }
 
+impl AddressInfo {
+    /// Associated with this target: its interface, and its private IP when EC2 reports one.
+    pub fn is_on(&self, target: &crate::decide::Target) -> bool {
+        self.network_interface_id.as_deref() == Some(target.network_interface_id.as_str())
+            && self
+                .private_ip
+                .as_deref()
+                .is_none_or(|ip| ip == target.private_ip)
+    }
+}
+
 /// One network interface of an instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InterfaceInfo {

@@ -495,6 +495,9 @@ pub enum ConditionReason {
     StoppedAfterAssociateFailure,
     DriftObserved,
     CandidateUnresolvable,
+    /// Degraded: some candidate's interface has no private IP free of other addresses (one
+    /// Elastic IP per private IP).
+    NoFreePrivateIp,
     /// Degraded and Ready: another (older) object manages the same address.
     AddressConflict,
     // Blocked
@@ -522,6 +525,7 @@ impl ConditionReason {
         ConditionReason::StoppedAfterAssociateFailure,
         ConditionReason::DriftObserved,
         ConditionReason::CandidateUnresolvable,
+        ConditionReason::NoFreePrivateIp,
         ConditionReason::AddressConflict,
         ConditionReason::NotBlocked,
         ConditionReason::DisassociateFailed,
@@ -547,6 +551,7 @@ impl ConditionReason {
             ConditionReason::StoppedAfterAssociateFailure => "StoppedAfterAssociateFailure",
             ConditionReason::DriftObserved => "DriftObserved",
             ConditionReason::CandidateUnresolvable => "CandidateUnresolvable",
+            ConditionReason::NoFreePrivateIp => "NoFreePrivateIp",
             ConditionReason::AddressConflict => "AddressConflict",
             ConditionReason::NotBlocked => "NotBlocked",
             ConditionReason::DisassociateFailed => "DisassociateFailed",

@@ -218,6 +218,7 @@ fn ineligible_reason(input: &Input, c: &CandidateView) -> Option<String> {
         (Eligibility::Standby, _) => "standby".to_owned(),
         (Eligibility::Cordoned, _) => "cordoned".to_owned(),
         (Eligibility::Unresolvable { reason }, _) => format!("unresolvable ({reason})"),
+        (Eligibility::NoFreeSlot { reason }, _) => reason.clone(),
         (_, NodeHealth::Dead { reason }) => format!("dead ({reason})"),
         (_, NodeHealth::Unknown { reason }) => format!("health unknown ({reason})"),
         (Eligibility::Eligible, NodeHealth::Healthy) => {
@@ -566,6 +567,11 @@ impl<'a> Planner<'a> {
             return;
         };
         if matches!(c.health, NodeHealth::Dead { .. }) {
+            return;
+        }
+        if let Eligibility::NoFreeSlot { .. } = c.eligibility {
+            // Kept because nobody else is eligible; associating would displace another
+            // address from its private IP.
             return;
         }
         let Some(target) = &c.target else {

@@ -18,7 +18,7 @@ use crate::crd::{FailoverRecord, FloatingElasticIP};
 use crate::decide::{self, Decision, FailureKind, FailureRecord, Target};
 
 use super::Error;
-use super::context::{Context, PendingFailover, Snapshot, key, lock};
+use super::context::{CandidateReadings, Context, PendingFailover, Snapshot, key, lock};
 use super::holder_lease::{self, REASON_ANNOTATION, pending_from_lease};
 use super::observe::{self, AddressLookup, Observed, conflicting_owner};
 use super::plan::{self, Ec2Call, EventNote, Next, Outcome, Plan, Settlement};
@@ -67,26 +67,22 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
     if let Some(owner) = conflicting_owner(&f, &snapshot, allocation) {
         return report_conflict(&ctx, &f, &owner, &spec, now).await;
     }
-    let readings = ctx.candidate_readings(&f, &spec);
+    let mut readings = ctx.candidate_readings(&f, &spec);
     let lease = snapshot.lease.as_deref();
-    let observed = ctx.remember(&k, |memory| {
-        observe::observe(&f, &spec, address, &readings, lease, memory, now)
-    });
-    if observed.needs_instance_read {
-        ctx.monitor_wake.notify_one();
-    }
-    // A probe started moments ago (this replica just started or became leader, a new
-    // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile) instead of
-    // publishing a transient "health unknown" status and writing the status twice (2,000
-    // status writes per restart at 1,000 addresses). Unknown health never moves an address.
-    if observed.probe_pending && observe::cleanup_request(&f).is_none() {
+    let Some(Decided {
+        observed,
+        decision,
+        mut failures,
+        plan,
+    }) = decide_with_slots(&ctx, &f, &spec, &snapshot, address, &mut readings, now)
+    else {
+        // A probe started moments ago (this replica just started or became leader, a new
+        // candidate) has no verdict yet: wait for it (its verdict triggers a reconcile)
+        // instead of publishing a transient "health unknown" status and writing the status
+        // twice (2,000 status writes per restart at 1,000 addresses). Unknown health never
+        // moves an address.
         return Ok(Requeue::requeue(Duration::from_secs(1)));
-    }
-
-    let decision = decide::decide(&observed.input);
-    tracing::debug!(feip = %k, input = ?observed.input, ?decision, "decided");
-    let mut failures = observed.input.failures.clone();
-    decision.apply_to_failures(&mut failures, now);
+    };
     let threshold = spec.policy.migration_threshold;
     publish_all(
         &ctx,
@@ -94,7 +90,6 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
         plan::failure_events(&decision, &failures, threshold),
     )
     .await;
-    let plan = plan::plan(&spec, &observed, &decision, lease.is_some(), now);
     let pass = Pass {
         f: &f,
         key: &k,
@@ -118,6 +113,56 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
     report(&ctx, &pass, &outcome, &settled, &failures, failover).await?;
     let next = plan::next(&spec, &decision, &plan, &outcome, settled.holder_on_target);
     Ok(Requeue::requeue(after(&ctx, &k, &spec, next)))
+}
+
+/// What one reconcile decided and planned.
+struct Decided {
+    observed: Observed,
+    decision: Decision,
+    /// The failure records with the decision's bookkeeping applied.
+    failures: BTreeMap<String, FailureRecord>,
+    plan: Plan,
+}
+
+/// Observes, decides, plans and claims the holder's slot under the slot lock: two addresses
+/// deciding at once never pick the same private IP (so nothing in here awaits). `None`: a
+/// candidate's probe has no verdict yet, wait for it.
+fn decide_with_slots(
+    ctx: &Context,
+    f: &FloatingElasticIP,
+    spec: &ResolvedSpec,
+    snapshot: &Snapshot,
+    address: observe::AddressObserved,
+    readings: &mut CandidateReadings,
+    now: Timestamp,
+) -> Option<Decided> {
+    let k = key(f);
+    let lease = snapshot.lease.as_deref();
+    let mut claims = lock(&ctx.slots);
+    readings.slots = ctx.slot_inputs(f, snapshot, readings, spec.device_index, &claims);
+    let observed = ctx.remember(&k, |memory| {
+        observe::observe(f, spec, address, readings, lease, memory, now)
+    });
+    if observed.needs_instance_read {
+        ctx.monitor_wake.notify_one();
+    }
+    if observed.probe_pending && observe::cleanup_request(f).is_none() {
+        return None;
+    }
+    let decision = decide::decide(&observed.input);
+    tracing::debug!(feip = %k, input = ?observed.input, ?decision, "decided");
+    let mut failures = observed.input.failures.clone();
+    decision.apply_to_failures(&mut failures, now);
+    let plan = plan::plan(spec, &observed, &decision, lease, now);
+    if !spec.policy.observe_only {
+        claims.set(&k, observed.slot_of(plan.holder.as_deref()));
+    }
+    Some(Decided {
+        observed,
+        decision,
+        failures,
+        plan,
+    })
 }
 
 /// One reconcile once it is planned: what the effects read.
@@ -205,11 +250,29 @@ async fn report_conflict(
 
 /// Step 1: the decision goes to the holder Lease before any EC2 mutation.
 async fn write_decision(ctx: &Arc<Context>, pass: &Pass<'_>) -> Result<(), Error> {
-    let Some(record) = pass.plan.lease_record(pass.spec) else {
+    let slot = pass.observed.slot_of(pass.plan.holder.as_deref());
+    let Some(record) = pass.plan.lease_record(pass.spec, slot.clone()) else {
         return Ok(());
     };
-    let existing = pass.lease.filter(|_| pass.plan.change.is_some());
+    let (plan, k) = (pass.plan, pass.key);
+    let existing = pass
+        .lease
+        .filter(|_| plan.change.is_some() || plan.retarget.is_some());
     holder_lease::write(&ctx.client, &ctx.leadership, pass.f, existing, &record).await?;
+    if let (Some(r), Some(to)) = (&plan.retarget, &slot) {
+        let from = r
+            .from
+            .as_ref()
+            .map_or("unrecorded".into(), |s| s.private_ip.clone());
+        let note = format!(
+            "{} keeps the address; its private IP moves {from} -> {} (planned, not a failure)",
+            to.node, to.private_ip
+        );
+        tracing::info!(feip = %k, %note, "slot change");
+        if r.from.is_some() {
+            publish(ctx, pass.f, EventType::Normal, "Retargeted", note).await;
+        }
+    }
     let Some(change) = &pass.plan.change else {
         return Ok(());
     };
@@ -309,12 +372,12 @@ async fn associate(
 ) -> Result<AddressInfo, Ec2Error> {
     let eni = target.network_interface_id.as_str();
     let retrying = ctx.remember(k, |m| m.failed_attempts > 0);
-    if !(retrying && already_on(ctx, allocation_id, eni).await) {
+    if !(retrying && already_on(ctx, allocation_id, target).await) {
         ctx.ec2
             .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
             .await?;
     }
-    let info = confirm(ctx, allocation_id, eni, confirm_timeout).await?;
+    let info = confirm(ctx, allocation_id, target, confirm_timeout).await?;
     lock(&ctx.view).record(info.clone());
     Ok(info)
 }
@@ -340,7 +403,8 @@ async fn confirm_lease(
         .and_then(|a| a.get(REASON_ANNOTATION).cloned())
         .unwrap_or_else(|| "Adopted".into());
     let status = f.status.clone().unwrap_or_default();
-    let record = plan::confirm_record(pass.spec, pass.plan, &reason, pending, &status);
+    let slot = pass.observed.slot_of(pass.plan.holder.as_deref());
+    let record = plan::confirm_record(pass.spec, pass.plan, &reason, pending, &status, slot);
     let written =
         holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await;
     if let Err(e) = written {
@@ -465,8 +529,8 @@ fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next) -> Duration {
     }
 }
 
-/// A fresh DescribeAddresses says the address is on `eni` (false when EC2 does not answer).
-pub(super) async fn already_on(ctx: &Context, allocation_id: &str, eni: &str) -> bool {
+/// A fresh DescribeAddresses says the address is on `target` (false when EC2 does not answer).
+pub(super) async fn already_on(ctx: &Context, allocation_id: &str, target: &Target) -> bool {
     match ctx
         .ec2
         .describe_addresses(&[allocation_id.to_string()], &[])
@@ -475,7 +539,7 @@ pub(super) async fn already_on(ctx: &Context, allocation_id: &str, eni: &str) ->
         Ok(snap) => snap
             .by_allocation
             .get(allocation_id)
-            .is_some_and(|a| a.network_interface_id.as_deref() == Some(eni)),
+            .is_some_and(|a| a.is_on(target)),
         Err(_) => false,
     }
 }
@@ -484,7 +548,7 @@ pub(super) async fn already_on(ctx: &Context, allocation_id: &str, eni: &str) ->
 pub(super) async fn confirm(
     ctx: &Context,
     allocation_id: &str,
-    eni: &str,
+    target: &Target,
     timeout: Duration,
 ) -> Result<AddressInfo, Ec2Error> {
     let mut wait = Duration::from_millis(50);
@@ -495,7 +559,7 @@ pub(super) async fn confirm(
             .describe_addresses(&[allocation_id.to_string()], &[])
             .await?;
         if let Some(a) = snap.by_allocation.get(allocation_id)
-            && a.network_interface_id.as_deref() == Some(eni)
+            && a.is_on(target)
         {
             return Ok(a.clone());
         }

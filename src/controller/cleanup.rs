@@ -98,6 +98,7 @@ pub(super) async fn cleanup(
     }
     holder_lease::delete(&ctx.client, &ctx.leadership, &f).await?;
     lock(&ctx.memory).remove(&k);
+    lock(&ctx.slots).forget(&k);
     Ok(Requeue::await_change())
 }
 

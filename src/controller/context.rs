@@ -21,7 +21,10 @@ use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
-use super::observe::{AddressLookup, Ec2Reads, Listed, listed_candidates, lookup_address};
+use super::observe::{
+    AddressLookup, Ec2Reads, Listed, SlotInputs, listed_candidates, lookup_address,
+};
+use super::slots::{self, OtherAddress, SlotClaims, SlotRecord};
 use super::spec::ResolvedSpec;
 
 /// Controller settings (from flags).
@@ -94,6 +97,9 @@ pub struct Context {
     pub(super) probes: Arc<Probes>,
     pub(super) view: Mutex<Ec2View>,
     pub(super) memory: Mutex<HashMap<String, AddressMemory>>,
+    /// The slots (private IPs) this replica recorded per address; one lock for the whole
+    /// decision that uses them (see [`super::slots`]).
+    pub(super) slots: Mutex<SlotClaims>,
     /// Wakes the monitor early (a new address or instance to learn about).
     pub(super) monitor_wake: Notify,
     /// Set once the monitor has read EC2 after this replica became leader: a new leader acts
@@ -202,6 +208,7 @@ impl Context {
             region: self.ec2.region().map(str::to_string),
             instances_error,
             api_failing: self.leadership.api_failing_since().is_some(),
+            slots: SlotInputs::default(),
         }
     }
 
@@ -220,6 +227,57 @@ impl Context {
             status: state.status,
             since_wall: state.since_wall,
             starting: state.since.elapsed() < probe.period * 2 + probe.timeout,
+        }
+    }
+
+    /// Which private IPs of `f`'s candidates other addresses hold, and `f`'s own slot, as
+    /// `claims` (this replica's records, under the decision's lock) and the Leases say.
+    pub(super) fn slot_inputs(
+        &self,
+        f: &FloatingElasticIP,
+        snapshot: &Snapshot,
+        readings: &CandidateReadings,
+        device_index: i32,
+        claims: &SlotClaims,
+    ) -> SlotInputs {
+        let lease_slot = |x: &FloatingElasticIP| {
+            let ns = x.namespace().unwrap_or_default();
+            self.leases
+                .get(&ObjectRef::new(&x.lease_name()).within(&ns))
+                .and_then(|l| SlotRecord::from_lease(&l))
+        };
+        let me = key(f);
+        let wanted: HashSet<String> = readings
+            .list
+            .iter()
+            .filter_map(|c| c.instance.as_ref()?.interface(device_index))
+            .flat_map(slots::private_ips)
+            .collect();
+        let my_allocation = match &snapshot.address {
+            AddressLookup::Found(a) => Some(a.allocation_id.clone()),
+            _ => f.spec.allocation_id.clone(),
+        };
+        let keys: Vec<(String, &FloatingElasticIP, Option<String>)> = snapshot
+            .feips
+            .iter()
+            .map(|x| {
+                let allocation = x.spec.allocation_id.clone().or_else(|| {
+                    let ip = x.spec.public_ip.as_ref()?;
+                    snapshot.ip_to_allocation.get(ip).cloned()
+                });
+                (key(x), x.as_ref(), allocation)
+            })
+            .filter(|(k, _, _)| *k != me)
+            .collect();
+        let others = keys.iter().map(|(k, x, allocation)| OtherAddress {
+            key: k,
+            allocation_id: allocation.as_deref(),
+            slot: claims.slot_of(k, || lease_slot(x)),
+        });
+        let view = lock(&self.view);
+        SlotInputs {
+            occupancy: slots::occupancy(others, my_allocation.as_deref(), &view.addresses, &wanted),
+            recorded: claims.slot_of(&me, || lease_slot(f)),
         }
     }
 
@@ -271,6 +329,9 @@ pub(super) struct CandidateReadings {
     pub(super) instances_error: Option<String>,
     /// The API is failing this replica's own requests.
     pub(super) api_failing: bool,
+    /// Which private IPs other addresses hold and this address's own slot (read under the
+    /// slot lock, right before deciding).
+    pub(super) slots: SlotInputs,
 }
 
 /// One candidate as the caches describe it.

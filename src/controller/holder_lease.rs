@@ -15,6 +15,7 @@ use crate::decide::ChangeReason;
 use crate::leader::{Leadership, MutationPermit};
 
 use super::context::PendingFailover;
+use super::slots::{INTERFACE_ANNOTATION, PRIVATE_IP_ANNOTATION, SlotRecord};
 use super::spec::ResolvedSpec;
 use super::{Error, LEASE_LABEL, LEASE_LABEL_VALUE};
 
@@ -71,6 +72,9 @@ pub(super) struct LeaseRecord<'a> {
     pub(super) failover: Option<FailoverStart<'a>>,
     /// `leaseDurationSeconds` (see [`lease_duration`]).
     pub(super) duration: Duration,
+    /// The holder's slot (private IP and interface), recorded so that it survives restarts
+    /// and leader changes.
+    pub(super) slot: Option<SlotRecord>,
 }
 
 /// The start of a failover: the previous holder and when its failure was detected.
@@ -119,6 +123,18 @@ pub(super) fn lease_object(
     {
         annotations.insert(FAILOVER_FROM_ANNOTATION.into(), start.from.to_string());
         annotations.insert(DETECTED_AT_ANNOTATION.into(), start.detected_at.to_string());
+    }
+    if let (Some(slot), Some(annotations)) = (
+        record
+            .slot
+            .as_ref()
+            .filter(|s| Some(s.node.as_str()) == record.holder),
+        lease.metadata.annotations.as_mut(),
+    ) {
+        annotations.insert(PRIVATE_IP_ANNOTATION.into(), slot.private_ip.clone());
+        if let Some(eni) = &slot.network_interface_id {
+            annotations.insert(INTERFACE_ANNOTATION.into(), eni.clone());
+        }
     }
     if let Some(spec) = lease.spec.as_mut() {
         spec.holder_identity = record.holder.map(str::to_string);

@@ -17,6 +17,7 @@ mod monitor;
 mod observe;
 mod plan;
 mod report;
+mod slots;
 mod spec;
 mod status;
 mod triggers;
@@ -146,6 +147,7 @@ pub async fn run(
         probes,
         view: Mutex::new(Ec2View::default()),
         memory: Mutex::new(HashMap::new()),
+        slots: Mutex::new(slots::SlotClaims::default()),
         monitor_wake: Notify::new(),
         fresh_since_leadership: std::sync::atomic::AtomicBool::new(false),
         settings,

@@ -22,6 +22,7 @@ use crate::kube_ext::{NodeFacts, selector_matches};
 
 use super::context::{AddressMemory, CandidateReading, CandidateReadings, Ec2View, Snapshot};
 use super::holder_lease::CONFIRMED_ANNOTATION;
+use super::slots::{self, Occupancy, OwnSlot, SlotError, SlotRecord};
 use super::spec::ResolvedSpec;
 
 /// A candidate as listed (spec order) with its priority and optional secondary private IP.
@@ -85,6 +86,19 @@ pub(super) struct Judging<'a> {
     pub(super) instances_error: Option<&'a str>,
     pub(super) api_failing: bool,
     pub(super) now: Timestamp,
+    /// Which private IPs other addresses hold, and this address's own slot.
+    pub(super) slots: &'a SlotInputs,
+    /// The interface and private IP the address is associated with now.
+    pub(super) current: Option<(&'a str, &'a str)>,
+}
+
+/// What slot picking reads (see [`super::slots`]).
+#[derive(Clone, Debug, Default)]
+pub(super) struct SlotInputs {
+    /// The private IPs of the candidates' interfaces that other addresses hold.
+    pub(super) occupancy: Occupancy,
+    /// This address's slot: as this process recorded it, else as its Lease does.
+    pub(super) recorded: Option<SlotRecord>,
 }
 
 /// One candidate's eligibility, target and health. `healthy_since` is the address's memory
@@ -170,64 +184,95 @@ fn eligibility_and_target(
     } else {
         Eligibility::Eligible
     };
-    let (target, unresolvable) = match resolve_target(j, node, listed, c) {
+    let (target, problem) = match resolve_target(j, node, listed, c) {
         Ok(target) => (target, None),
-        Err(reason) => (None, Some(reason)),
+        Err(TargetError::Unresolvable(reason)) => {
+            (None, Some(Eligibility::Unresolvable { reason }))
+        }
+        Err(TargetError::NoFreeSlot { reason, target }) => {
+            (Some(target), Some(Eligibility::NoFreeSlot { reason }))
+        }
     };
-    if let Some(reason) = unresolvable
+    if let Some(problem) = problem
         && eligibility == Eligibility::Eligible
     {
-        eligibility = Eligibility::Unresolvable { reason };
+        eligibility = problem;
     }
     (eligibility, target)
 }
 
-/// The candidate's target; `Ok(None)` while its instance is not looked up yet or EC2 is
-/// unknown; `Err` says why it can never take the address as configured.
+/// Why a candidate has no usable target.
+enum TargetError {
+    /// It can never take the address as configured.
+    Unresolvable(String),
+    /// Every usable private IP carries another address; `target` is the interface (for
+    /// ownership), never to be associated.
+    NoFreeSlot { reason: String, target: Target },
+}
+
+/// The candidate's target (its interface and its slot there); `Ok(None)` while its instance
+/// is not looked up yet or EC2 is unknown.
 fn resolve_target(
     j: &Judging<'_>,
     node: &NodeFacts,
     listed: &Listed,
     c: &CandidateReading,
-) -> Result<Option<Target>, String> {
+) -> Result<Option<Target>, TargetError> {
+    let unresolvable = TargetError::Unresolvable;
     let Some(p) = node.provider_id.as_deref() else {
-        return Err("node has no spec.providerID".to_string());
+        return Err(unresolvable("node has no spec.providerID".to_string()));
     };
     let Some(id) = node.instance_id() else {
-        return Err(format!("providerID {p:?} is not an AWS instance"));
+        return Err(unresolvable(format!(
+            "providerID {p:?} is not an AWS instance"
+        )));
     };
     let Some(inst) = &c.instance else {
         if !c.instance_covered {
             return Ok(None); // not looked up yet or EC2 unknown: target stays unresolved
         }
-        return Err(match zone_outside_region(p, j.region) {
+        return Err(unresolvable(match zone_outside_region(p, j.region) {
             Some((zone, region)) => {
                 format!("instance {id} is in {zone}, outside this controller's region {region}")
             }
             None => format!("instance {id} not found in EC2 (wrong account or region?)"),
-        });
+        }));
     };
     let Some(eni) = inst.interface(j.spec.device_index) else {
-        return Err(format!(
+        return Err(unresolvable(format!(
             "instance {} has no network interface at device index {}",
             inst.instance_id, j.spec.device_index
-        ));
+        )));
     };
-    let ip = listed
-        .private_ip
-        .clone()
-        .unwrap_or_else(|| eni.primary_private_ip.clone());
-    if eni.private_ips.contains(&ip) || ip == eni.primary_private_ip {
-        Ok(Some(Target {
-            instance_id: inst.instance_id.clone(),
-            network_interface_id: eni.network_interface_id.clone(),
-            private_ip: ip,
-        }))
-    } else {
-        Err(format!(
-            "private IP {ip} is not on interface {}",
-            eni.network_interface_id
-        ))
+    let on_eni = |eni_id: Option<&str>| eni_id.is_none_or(|e| e == eni.network_interface_id);
+    let own = OwnSlot {
+        explicit: listed.private_ip.as_deref(),
+        recorded: j
+            .slots
+            .recorded
+            .as_ref()
+            .filter(|r| r.node == listed.node && on_eni(r.network_interface_id.as_deref()))
+            .map(|r| r.private_ip.as_str()),
+        current: j
+            .current
+            .filter(|(e, _)| *e == eni.network_interface_id)
+            .map(|(_, ip)| ip),
+    };
+    let target = |private_ip: String| Target {
+        instance_id: inst.instance_id.clone(),
+        network_interface_id: eni.network_interface_id.clone(),
+        private_ip,
+    };
+    match slots::pick(eni, own, &j.slots.occupancy) {
+        Ok(ip) => Ok(Some(target(ip))),
+        Err(e @ SlotError::NotOnInterface { .. }) => Err(unresolvable(e.to_string())),
+        Err(e @ SlotError::NoFreeSlot { .. }) => Err(TargetError::NoFreeSlot {
+            reason: e.to_string(),
+            target: target(
+                own.explicit
+                    .map_or_else(|| eni.primary_private_ip.clone(), str::to_owned),
+            ),
+        }),
     }
 }
 
@@ -300,6 +345,25 @@ pub(super) struct Observed {
     pub(super) probe_pending: bool,
     /// Some instance was never looked up: the monitor should read EC2 now.
     pub(super) needs_instance_read: bool,
+    /// The slot the holder Lease records.
+    pub(super) lease_slot: Option<SlotRecord>,
+}
+
+impl Observed {
+    /// The facts of `node`, if it is a candidate.
+    pub(super) fn candidate(&self, node: &str) -> Option<&CandidateFacts> {
+        self.candidates.iter().find(|c| c.view.node == node)
+    }
+
+    /// The slot `holder` takes: its target, unless it has no free slot (or no target yet).
+    pub(super) fn slot_of(&self, holder: Option<&str>) -> Option<SlotRecord> {
+        let h = holder?;
+        let c = self.candidate(h)?;
+        if matches!(c.view.eligibility, Eligibility::NoFreeSlot { .. }) {
+            return None;
+        }
+        c.view.target.as_ref().map(|t| SlotRecord::of(h, t))
+    }
 }
 
 /// The observation of one reconcile (no client): candidates judged, the network guard, last
@@ -331,6 +395,11 @@ pub(super) fn observe(
         instances_error: readings.instances_error.as_deref(),
         api_failing: readings.api_failing,
         now,
+        slots: &readings.slots,
+        current: address
+            .info
+            .as_ref()
+            .and_then(|a| Some((a.network_interface_id.as_deref()?, a.private_ip.as_deref()?))),
     };
     let mut candidates: Vec<CandidateFacts> = readings
         .list
@@ -348,10 +417,23 @@ pub(super) fn observe(
         &status,
         lease_spec.and_then(|s| s.holder_identity.as_deref()),
     );
-    let holder_confirmed = lease
-        .and_then(|l| l.metadata.annotations.as_ref())
-        .and_then(|a| a.get(CONFIRMED_ANNOTATION))
-        .is_some_and(|v| v == "true");
+    // The confirmation was of the slot the Lease records: a holder whose slot changed (an
+    // edited privateIpAddress or deviceIndex, a slot given up to another address) is not
+    // confirmed on its new target, so the address not being there is no drift.
+    let lease_slot = lease.and_then(SlotRecord::from_lease);
+    let same_slot = match (&holder, &lease_slot) {
+        (Some(h), Some(slot)) => candidates
+            .iter()
+            .find(|c| &c.view.node == h)
+            .and_then(|c| c.view.target.as_ref())
+            .is_none_or(|t| slot.is(h, t)),
+        _ => true,
+    };
+    let holder_confirmed = same_slot
+        && lease
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .and_then(|a| a.get(CONFIRMED_ANNOTATION))
+            .is_some_and(|v| v == "true");
     Observed {
         input: Input {
             now,
@@ -371,6 +453,7 @@ pub(super) fn observe(
             .map(|c| c.request_id)
             .or(status.last_cleanup_request_id),
         transitions: lease_spec.and_then(|s| s.lease_transitions).unwrap_or(0),
+        lease_slot,
     }
 }
 

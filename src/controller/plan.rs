@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
@@ -15,8 +16,12 @@ use crate::crd::{FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus};
 use crate::decide::{Action, ChangeReason, Decision, FailureRecord, NodeHealth, Target};
 
 use super::context::PendingFailover;
-use super::holder_lease::{FailoverStart, LeaseRecord, already_recorded, lease_duration};
+use super::holder_lease::{
+    FailoverStart, LeaseRecord, REASON_ANNOTATION, already_recorded, lease_duration,
+    pending_from_lease,
+};
 use super::observe::Observed;
+use super::slots::SlotRecord;
 use super::spec::ResolvedSpec;
 
 /// An event to publish: type, reason, note.
@@ -72,12 +77,47 @@ pub(super) struct Plan {
     pub(super) holder: Option<String>,
     pub(super) confirmed: bool,
     pub(super) transitions: i32,
+    /// No change of holder, but its slot moves (see [`Retarget`]).
+    pub(super) retarget: Option<Retarget>,
+}
+
+/// The holder stays and its slot moves: an edited `privateIpAddress` or
+/// `networkInterface.deviceIndex`, its private IP given up to another address, or a slot not
+/// recorded yet. The Lease records the new slot (unconfirmed) before the address moves there;
+/// this is a planned move, not a failure.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Retarget {
+    /// The reason the Lease already carries.
+    pub(super) reason: String,
+    /// A failover the Lease still carries.
+    pub(super) failover: Option<(String, Timestamp)>,
+    /// The slot the Lease recorded before (`None`: not recorded yet).
+    pub(super) from: Option<SlotRecord>,
 }
 
 impl Plan {
-    /// What the holder Lease records for the planned change or creation.
-    pub(super) fn lease_record(&self, spec: &ResolvedSpec) -> Option<LeaseRecord<'_>> {
+    /// What the holder Lease records for the planned change, retarget or creation; `slot` is
+    /// the holder's slot (see [`Observed::slot_of`]).
+    pub(super) fn lease_record(
+        &self,
+        spec: &ResolvedSpec,
+        slot: Option<SlotRecord>,
+    ) -> Option<LeaseRecord<'_>> {
         let duration = lease_duration(spec);
+        if let Some(r) = &self.retarget {
+            return Some(LeaseRecord {
+                holder: self.holder.as_deref(),
+                transitions: self.transitions,
+                confirmed: false,
+                reason: &r.reason,
+                failover: r.failover.as_ref().map(|(from, at)| FailoverStart {
+                    from,
+                    detected_at: *at,
+                }),
+                duration,
+                slot,
+            });
+        }
         if let Some(c) = &self.change {
             return Some(LeaseRecord {
                 holder: c.to.as_deref(),
@@ -93,6 +133,7 @@ impl Plan {
                         detected_at: c.detected_at,
                     }),
                 duration,
+                slot: slot.filter(|_| c.to.is_some()),
             });
         }
         self.create_lease.then_some(LeaseRecord {
@@ -102,6 +143,7 @@ impl Plan {
             reason: "Created",
             failover: None,
             duration,
+            slot,
         })
     }
 }
@@ -139,7 +181,7 @@ pub(super) fn plan(
     spec: &ResolvedSpec,
     observed: &Observed,
     decision: &Decision,
-    lease_exists: bool,
+    lease: Option<&Lease>,
     now: Timestamp,
 ) -> Plan {
     let policy = &spec.policy;
@@ -151,6 +193,7 @@ pub(super) fn plan(
         holder: holder.clone(),
         confirmed: observed.input.holder_confirmed,
         transitions: observed.transitions,
+        retarget: None,
     };
     if policy.observe_only {
         return plan;
@@ -189,7 +232,8 @@ pub(super) fn plan(
                 event: (event_reason, note),
             });
         }
-        None => plan.create_lease = !lease_exists && !policy.stopped,
+        None if lease.is_none() => plan.create_lease = !policy.stopped,
+        None => plan.retarget = retarget(observed, lease, holder.as_deref()),
     }
     plan.ec2 = match &decision.action {
         Action::Associate { node, target } => {
@@ -207,6 +251,28 @@ pub(super) fn plan(
         _ => None,
     };
     plan
+}
+
+/// The holder's slot moves (see [`Retarget`]): its slot differs from the one its Lease
+/// records, or the Lease records none and the association is not confirmed (a confirmed
+/// Lease without a slot, written before slots existed, gets it with its next renewal).
+fn retarget(observed: &Observed, lease: Option<&Lease>, holder: Option<&str>) -> Option<Retarget> {
+    let slot = observed.slot_of(holder)?;
+    let moved = match &observed.lease_slot {
+        Some(recorded) => *recorded != slot,
+        None => !observed.input.holder_confirmed,
+    };
+    if !moved {
+        return None;
+    }
+    let annotations = lease.and_then(|l| l.metadata.annotations.as_ref());
+    Some(Retarget {
+        reason: annotations
+            .and_then(|a| a.get(REASON_ANNOTATION).cloned())
+            .unwrap_or_else(|| "Adopted".into()),
+        failover: pending_from_lease(lease).and_then(|p| Some((p.from?, p.detected_at))),
+        from: observed.lease_slot.clone(),
+    })
 }
 
 /// What the EC2 step did.
@@ -247,9 +313,7 @@ pub(super) fn settle(
     let holder_on_target = current.is_some_and(|info| {
         holder_facts
             .and_then(|c| c.view.target.as_ref())
-            .is_some_and(|t| {
-                info.network_interface_id.as_deref() == Some(t.network_interface_id.as_str())
-            })
+            .is_some_and(|t| info.is_on(t))
     });
     let holder_healthy = holder_facts.is_some_and(|c| c.view.health == NodeHealth::Healthy);
     let renew_due = renewed_at.is_none_or(|t| {
@@ -287,6 +351,7 @@ pub(super) fn confirm_record<'a>(
     reason: &'a str,
     pending: Option<&'a PendingFailover>,
     status: &FloatingElasticIPStatus,
+    slot: Option<SlotRecord>,
 ) -> LeaseRecord<'a> {
     let holder = plan.holder.as_deref();
     // Until the status records it, the failover stays on the Lease: a successor (or this
@@ -306,6 +371,7 @@ pub(super) fn confirm_record<'a>(
         reason,
         failover,
         duration: lease_duration(spec),
+        slot,
     }
 }
 

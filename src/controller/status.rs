@@ -397,15 +397,28 @@ fn degraded_by_finding(n: &Finding, policy: &Policy) -> Option<(ConditionReason,
 
 /// The address is placed, but some candidates could never take it: say which and why
 /// (a misspelt node, no providerID, an instance in another region or VPC).
+/// Candidates without a free private IP come first (`NoFreePrivateIp`), naming which
+/// addresses hold that node's IPs.
 fn unresolvable_candidates(candidates: &[CandidateFacts]) -> Option<(ConditionReason, String)> {
-    let broken: Vec<String> = candidates
-        .iter()
-        .filter_map(|g| match &g.view.eligibility {
-            Eligibility::Unresolvable { reason } => Some(format!("{}: {reason}", g.view.node)),
-            _ => None,
-        })
-        .collect();
-    (!broken.is_empty()).then(|| (ConditionReason::CandidateUnresolvable, broken.join("; ")))
+    let (mut no_slot, mut broken) = (Vec::new(), Vec::new());
+    for g in candidates {
+        match &g.view.eligibility {
+            Eligibility::NoFreeSlot { reason } => {
+                no_slot.push(format!("{}: {reason}", g.view.node))
+            }
+            Eligibility::Unresolvable { reason } => {
+                broken.push(format!("{}: {reason}", g.view.node))
+            }
+            _ => {}
+        }
+    }
+    let reason = if no_slot.is_empty() {
+        ConditionReason::CandidateUnresolvable
+    } else {
+        ConditionReason::NoFreePrivateIp
+    };
+    no_slot.append(&mut broken);
+    (!no_slot.is_empty()).then(|| (reason, no_slot.join("; ")))
 }
 
 /// `status.holder`: the holder's target (or gathered instance); `since` is kept while the

@@ -166,6 +166,9 @@ pub(super) async fn watch_leadership(
         ctx.metrics.set_leader(leader);
         ctx.fresh_since_leadership
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        // The slots this replica recorded may be older than what another leader wrote since:
+        // the Leases are the record again.
+        super::context::lock(&ctx.slots).clear();
         if leader {
             tracing::info!("leading: reading EC2 before acting");
             // Regaining a leadership this replica lost means its own API writes failed for a

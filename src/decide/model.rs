@@ -72,6 +72,12 @@ pub enum Eligibility {
     Unresolvable {
         reason: String,
     },
+    /// Every usable private IP of the node's interface carries another address (one Elastic
+    /// IP per private IP). `target` keeps the interface for ownership; the address is never
+    /// associated there (that would knock the other address off).
+    NoFreeSlot {
+        reason: String,
+    },
 }
 
 /// Where the address goes when a node holds it: its ENI and private IP.

@@ -45,6 +45,7 @@ fn arb_eligibility() -> impl Strategy<Value = Eligibility> {
         1 => Just(Eligibility::Standby),
         1 => Just(Eligibility::Cordoned),
         1 => Just(Eligibility::Unresolvable { reason: "no providerID".into() }),
+        1 => Just(Eligibility::NoFreeSlot { reason: "10.0.0.20 carries a/other".into() }),
     ]
 }
 
@@ -216,6 +217,10 @@ proptest! {
                 prop_assert!(!on_target(&i.address, target), "needless remap");
                 prop_assert!(!matches!(i.address, AddressObservation::Unknown { .. }), "associate while unknown");
                 prop_assert!(i.policy.allow_takeover || foreign_eni(&i).is_none());
+                prop_assert!(
+                    !matches!(c.eligibility, Eligibility::NoFreeSlot { .. }),
+                    "associated onto a private IP another address holds"
+                );
             }
             Action::Disassociate { .. } => {
                 prop_assert!(i.policy.stopped && !i.policy.observe_only);

@@ -795,3 +795,79 @@ fn rule11_waits_for_unresolved_target() {
             .contains(&Finding::WaitingForTarget { node: "a".into() })
     );
 }
+
+// ---- private IPs as slots ----
+
+fn no_slot(c: CandidateView) -> CandidateView {
+    with_elig(
+        c,
+        Eligibility::NoFreeSlot {
+            reason: "no free private IP on interface eni-a: ip-a carries ns/other".into(),
+        },
+    )
+}
+
+#[test]
+fn a_node_without_a_free_private_ip_is_never_associated() {
+    // (case, input, expected holder, expected action, finding)
+    let mut elect = input(vec![no_slot(node("a", 10)), node("b", 0)]);
+    elect.address = AddressObservation::Unassociated;
+    let mut alone = input(vec![no_slot(node("a", 0))]);
+    alone.address = AddressObservation::Unassociated;
+    let mut held_alone = alone.clone();
+    held_alone.holder = Some("a".into());
+    let mut held = ab_held_by_a();
+    held.candidates[0] = no_slot(node("a", 0));
+    held.address = AddressObservation::Unassociated;
+    type Row<'a> = (&'a str, Input, Option<&'a str>, Action, Option<&'a str>);
+    let rows: Vec<Row<'_>> = vec![
+        (
+            "elects the node that has a slot",
+            elect,
+            Some("b"),
+            associate("b"),
+            None,
+        ),
+        (
+            "nobody has a slot: no holder",
+            alone,
+            None,
+            Action::None,
+            Some("NoEligibleCandidate"),
+        ),
+        (
+            "a holder without its slot and nobody else: kept, not associated",
+            held_alone,
+            Some("a"),
+            Action::None,
+            Some("NoEligibleCandidate"),
+        ),
+        (
+            "a holder without its slot moves, without a failure",
+            held,
+            Some("b"),
+            associate("b"),
+            None,
+        ),
+    ];
+    for (case, i, want_holder, want_action, finding) in rows {
+        let d = decide(&i);
+        assert_eq!(holder(&d), want_holder, "{case}");
+        assert_eq!(d.action, want_action, "{case}");
+        assert_eq!(d.record_failure, None, "{case}: never a node failure");
+        if let Some(f) = finding {
+            assert!(has(&d, f), "{case}: {:?}", d.notes);
+        }
+        if let Some(ch) = &d.change
+            && ch.from.is_some()
+        {
+            assert_eq!(ch.reason, ChangeReason::HolderIneligible, "{case}");
+        }
+    }
+    let why = decide(&input(vec![no_slot(node("a", 0))]));
+    assert!(
+        why.notes.iter().any(|n| matches!(n, Finding::NoEligibleCandidate { why } if why.contains("a: no free private IP on interface eni-a: ip-a carries ns/other"))),
+        "the reason names the node and who holds its IPs: {:?}",
+        why.notes
+    );
+}

@@ -9,7 +9,7 @@ use crate::decide::{AddressObservation, Eligibility, NodeHealth, Target};
 
 use super::super::context::{AddressMemory, CandidateReading, Ec2View};
 use super::super::observe::{
-    AddressLookup, CleanupRequest, Ec2Reads, Judging, candidate_facts, cleanup_request,
+    AddressLookup, CleanupRequest, Ec2Reads, Judging, SlotInputs, candidate_facts, cleanup_request,
     lookup_address, observe, observe_address,
 };
 use super::super::spec::resolve;
@@ -63,6 +63,8 @@ fn judge(ctx: &Ctx, c: &CandidateReading) -> Judged {
         instances_error: ctx.instances_error,
         api_failing: false,
         now: now(),
+        slots: &SlotInputs::default(),
+        current: None,
     };
     let f = candidate_facts(&j, c, &mut HashMap::new());
     Judged {
@@ -369,12 +371,15 @@ fn candidate_eligibility_and_target_table() {
 #[test]
 fn healthy_since_is_kept_while_healthy_and_reset_otherwise() {
     let spec = resolve(&feip(spec(serde_json::json!({}))));
+    let no_slots = SlotInputs::default();
     let judging = |now| Judging {
         spec: &spec,
         region: Some(REGION),
         instances_error: None,
         api_failing: false,
         now,
+        slots: &no_slots,
+        current: None,
     };
     let ready = reading("a");
     let mut not_ready = reading("a");

@@ -19,7 +19,8 @@ use crate::health::ProbeSignal;
 use crate::kube_ext::NodeFacts;
 
 use super::super::context::{CandidateReading, CandidateReadings};
-use super::super::observe::{CandidateFacts, Listed, Observed};
+use super::super::observe::{CandidateFacts, Listed, Observed, SlotInputs};
+use super::super::slots::SlotRecord;
 use super::super::spec::resolve;
 use super::super::status::{StatusInputs, build_status};
 
@@ -78,8 +79,18 @@ pub(super) fn target(node: &str) -> Target {
     Target {
         instance_id: format!("i-{node}"),
         network_interface_id: format!("eni-{node}"),
-        private_ip: format!("10.0.0.{}", node.len() + 10),
+        private_ip: format!("10.0.0.{}", host_part(node)),
     }
+}
+
+/// A host number per node name ("a" is 11, "b" 12): distinct nodes get distinct private IPs,
+/// as they do in a VPC.
+fn host_part(node: &str) -> u32 {
+    10 + node
+        .bytes()
+        .map(|b| u32::from(b.saturating_sub(b'a' - 1)))
+        .sum::<u32>()
+        % 240
 }
 
 /// A candidate with a resolved target.
@@ -363,7 +374,7 @@ pub(super) fn instance_of(node: &str) -> InstanceInfo {
 
 /// The secondary private IP on `node`'s interface (see [`instance_of`]).
 pub(super) fn secondary_ip(node: &str) -> String {
-    format!("10.0.1.{}", node.len() + 10)
+    format!("10.0.1.{}", host_part(node))
 }
 
 /// A candidate as the caches describe it: listed with priority 0, Node present, instance
@@ -390,6 +401,7 @@ pub(super) fn readings(list: Vec<CandidateReading>) -> CandidateReadings {
         region: Some(REGION.into()),
         instances_error: None,
         api_failing: false,
+        slots: SlotInputs::default(),
     }
 }
 
@@ -413,7 +425,13 @@ pub(super) fn observed(
             reason: "not looked up yet".into(),
         },
     };
+    // The Lease records the holder's slot (its target), as every write since slots does.
+    let lease_slot = holder.and_then(|h| {
+        let c = candidates.iter().find(|c| c.view.node == h)?;
+        Some(SlotRecord::of(h, c.view.target.as_ref()?))
+    });
     Observed {
+        lease_slot,
         input: Input {
             now: now(),
             policy: Policy::default(),

@@ -10,5 +10,6 @@ mod fixtures;
 mod holder_lease;
 mod observe;
 mod plan;
+mod slots;
 mod status;
 mod triggers;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
@@ -77,6 +78,7 @@ fn unchanged(holder: Option<&str>, transitions: i32) -> Plan {
         holder: holder.map(str::to_string),
         confirmed: false,
         transitions,
+        retarget: None,
     }
 }
 
@@ -343,11 +345,18 @@ fn plan_table() {
         rows.into_iter()
             .map(|r| {
                 let s = resolve(&feip(spec(r.spec)));
+                let existing = Lease::default();
                 let mut o = observed(r.candidates, r.holder, r.address);
                 o.transitions = 3;
                 (
                     r.name,
-                    plan(&s, &o, &r.decision, r.lease_exists, now()),
+                    plan(
+                        &s,
+                        &o,
+                        &r.decision,
+                        r.lease_exists.then_some(&existing),
+                        now(),
+                    ),
                     r.want,
                 )
             })
@@ -367,7 +376,7 @@ fn lease_record_table() {
     )>;
     let record = |spec_extra: serde_json::Value, p: &Plan| -> Record {
         let s = resolve(&feip(spec(spec_extra)));
-        p.lease_record(&s).map(|r| {
+        p.lease_record(&s, None).map(|r| {
             (
                 r.holder.map(str::to_string),
                 r.transitions,
@@ -908,7 +917,7 @@ fn confirm_record_keeps_a_failover_until_status_records_it() {
     let none = FloatingElasticIPStatus::default();
     let holder_b = unchanged(Some("b"), 3);
     let failover = |p: Option<&PendingFailover>, plan: &Plan, status| {
-        let r = confirm_record(&spec, plan, "HolderDead", p, status);
+        let r = confirm_record(&spec, plan, "HolderDead", p, status, None);
         assert!(r.confirmed && r.transitions == plan.transitions);
         r.failover.map(|f| (f.from.to_string(), f.detected_at))
     };
