@@ -628,12 +628,20 @@ impl Ec2 {
     ) -> Result<String, Ec2Error> {
         let out = self
             .mutate("AssociateAddress", leadership, |client, _permit| {
+                // No SDK retry: AssociateAddress has no idempotency token, and an attempt that
+                // timed out may have happened (a resend is a second, charged remap). The
+                // caller reads the outcome back before trying again.
                 client
                     .associate_address()
                     .allocation_id(allocation_id)
                     .network_interface_id(network_interface_id)
                     .private_ip_address(private_ip)
                     .allow_reassociation(true)
+                    .customize()
+                    .config_override(
+                        aws_sdk_ec2::config::Builder::default()
+                            .retry_config(aws_config::retry::RetryConfig::disabled()),
+                    )
                     .send()
                     .map_err(|e| classify("AssociateAddress", e))
             })

@@ -59,7 +59,8 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
         let note = format!("failure counts reset ({nodes})");
         publish(&ctx, &f, EventType::Normal, "Cleanup", note).await;
     }
-    let address = observe::observe_address(&snapshot.address);
+    let mut address = observe::observe_address(&snapshot.address);
+    address.read = snapshot.address_reads;
     if snapshot.address == AddressLookup::NotLookedUpYet {
         ctx.monitor_wake.notify_one();
     }
@@ -143,7 +144,7 @@ fn decide_with_slots(
     let observed = ctx.remember(&k, |memory| {
         observe::observe(f, spec, address, readings, lease, memory, now)
     });
-    if observed.needs_instance_read {
+    if observed.needs_instance_read || observed.needs_address_read {
         ctx.monitor_wake.notify_one();
     }
     if observed.probe_pending && observe::cleanup_request(f).is_none() {
@@ -302,15 +303,12 @@ async fn act(
     };
     match &pass.plan.ec2 {
         None => {}
-        Some(Ec2Call::Associate {
-            node,
-            allocation_id,
-            target,
-        }) => {
+        Some(Ec2Call::Associate { node, target, .. }) => {
+            let current = pass.observed.address.as_ref()?;
             if !ctx.leadership.can_mutate() {
                 return None;
             }
-            match associate(ctx, k, allocation_id, target, spec.confirm_timeout).await {
+            match associate(ctx, k, current, target, spec.confirm_timeout).await {
                 Err(Ec2Error::NotSent { .. }) => return None,
                 Ok(info) => {
                     let note = format!(
@@ -340,11 +338,11 @@ async fn act(
                 Err(Ec2Error::NotSent { .. }) => return None,
                 Ok(()) => {
                     if let Some(c) = outcome.current.as_mut() {
-                        c.association_id = None;
+                        let replaced = c.association_id.take();
                         c.network_interface_id = None;
                         c.private_ip = None;
                         c.instance_id = None;
-                        lock(&ctx.view).record(c.clone());
+                        lock(&ctx.view).record(c.clone(), replaced);
                     }
                     let note = "address disassociated (targetState Stopped)".to_string();
                     publish(ctx, f, EventType::Normal, "Disassociated", note).await;
@@ -362,23 +360,52 @@ async fn act(
 }
 
 /// AssociateAddress, then its confirmation. After a failed pass (an associate that timed out
-/// may still have happened) it looks before repeating it: the snapshot may predate it.
+/// may still have happened) it reads the outcome back before repeating it: the snapshot may
+/// predate it, and a resend is a second (charged) remap.
+///
+/// A successful AssociateAddress is definite: the association exists. When DescribeAddresses
+/// does not show it within the confirmation timeout (EC2 is eventually consistent), the
+/// answer is trusted and recorded, and reads that still show the replaced association are
+/// taken as stale for [`super::context::CONSISTENCY_WINDOW`] (no drift, no second remap).
 async fn associate(
     ctx: &Context,
     k: &str,
-    allocation_id: &str,
+    current: &AddressInfo,
     target: &Target,
     confirm_timeout: Duration,
 ) -> Result<AddressInfo, Ec2Error> {
-    let eni = target.network_interface_id.as_str();
+    let (allocation_id, eni) = (
+        current.allocation_id.as_str(),
+        target.network_interface_id.as_str(),
+    );
     let retrying = ctx.remember(k, |m| m.failed_attempts > 0);
-    if !(retrying && already_on(ctx, allocation_id, target).await) {
-        ctx.ec2
-            .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
-            .await?;
+    if retrying && already_on(ctx, allocation_id, target).await {
+        let info = confirm(ctx, allocation_id, target, confirm_timeout).await?;
+        lock(&ctx.view).record(info.clone(), current.association_id.clone());
+        return Ok(info);
     }
-    let info = confirm(ctx, allocation_id, target, confirm_timeout).await?;
-    lock(&ctx.view).record(info.clone());
+    let association_id = ctx
+        .ec2
+        .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
+        .await?;
+    let info = match confirm(ctx, allocation_id, target, confirm_timeout).await {
+        Ok(info) => info,
+        Err(e) if !association_id.is_empty() => {
+            tracing::info!(
+                feip = %k, %association_id, error = %e,
+                "association not visible yet; trusting AssociateAddress's answer"
+            );
+            AddressInfo {
+                association_id: Some(association_id),
+                network_interface_id: Some(eni.to_owned()),
+                private_ip: Some(target.private_ip.clone()),
+                instance_id: Some(target.instance_id.clone()),
+                ..current.clone()
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    lock(&ctx.view).record(info.clone(), current.association_id.clone());
     Ok(info)
 }
 

@@ -49,16 +49,38 @@ pub(super) struct Ec2View {
     pub(super) instances: BTreeMap<String, InstanceInfo>,
     pub(super) instances_covered: HashSet<String>,
     pub(super) instances_error: Option<String>,
-    /// Addresses this process changed (confirmed) and when: newer than a DescribeAddresses
-    /// that was already in flight, whose stale answer must not read as drift.
-    pub(super) written: HashMap<String, Instant>,
+    /// Addresses this process changed and when: newer than a DescribeAddresses that was
+    /// already in flight, or than one that still shows the association this change replaced
+    /// (EC2 is eventually consistent), whose stale answer must not read as drift.
+    pub(super) written: HashMap<String, Written>,
+    /// Successful DescribeAddresses merged so far (tells one read from the next).
+    pub(super) address_reads: u64,
+}
+
+/// How long after a change of ours a DescribeAddresses answer that still shows the
+/// association the change replaced is taken as stale (EC2's eventual consistency) rather than
+/// as news. AWS documents no bound; lags of seconds are common, this allows for more.
+pub(super) const CONSISTENCY_WINDOW: Duration = Duration::from_secs(30);
+
+/// One change of an address by this process.
+#[derive(Clone, Debug)]
+pub(super) struct Written {
+    pub(super) at: Instant,
+    /// The association id before the change (`None`: unassociated).
+    pub(super) replaced: Option<String>,
 }
 
 impl Ec2View {
-    /// Records a confirmed change made by this process.
-    pub(super) fn record(&mut self, info: AddressInfo) {
-        self.written
-            .insert(info.allocation_id.clone(), Instant::now());
+    /// Records a change made by this process: `info` is the address as it is now, `replaced`
+    /// the association id it had before.
+    pub(super) fn record(&mut self, info: AddressInfo, replaced: Option<String>) {
+        self.written.insert(
+            info.allocation_id.clone(),
+            Written {
+                at: Instant::now(),
+                replaced,
+            },
+        );
         self.addresses.insert(info);
     }
 }
@@ -73,6 +95,9 @@ pub(super) struct AddressMemory {
     /// Last resolved target per candidate, used while its instance cannot be looked up (Node
     /// deleted, providerID gone, EC2 not answering): an address on that interface stays ours.
     pub(super) known_targets: HashMap<String, Target>,
+    /// (last read, reads) in a row that showed the address off its confirmed holder: drift
+    /// counts from the second (see `observe::second_look`).
+    pub(super) off_target: Option<(u64, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +179,7 @@ impl Context {
         Snapshot {
             address: lookup_address(&view, reads, f),
             ec2_unreadable: view.addresses_error.is_some(),
+            address_reads: view.address_reads,
             ip_to_allocation: view
                 .addresses
                 .by_public_ip
@@ -312,6 +338,8 @@ pub(super) struct Snapshot {
     pub(super) address: AddressLookup,
     /// The last DescribeAddresses failed.
     pub(super) ec2_unreadable: bool,
+    /// The view's read count (see [`Ec2View::address_reads`]).
+    pub(super) address_reads: u64,
     /// Public IP -> allocation id, from the last DescribeAddresses (for ownership).
     pub(super) ip_to_allocation: HashMap<String, String>,
     /// Every FloatingElasticIP in the cache (for ownership).

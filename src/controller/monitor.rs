@@ -13,7 +13,7 @@ use crate::aws::{
 };
 use crate::crd::FloatingElasticIP;
 
-use super::context::Ec2View;
+use super::context::{CONSISTENCY_WINDOW, Ec2View, Written};
 use super::context::{Context, lock};
 use super::spec::DEFAULT_MONITOR_INTERVAL;
 use super::triggers::reconcile_addresses;
@@ -156,16 +156,27 @@ impl Ec2View {
         };
         match addresses {
             Ok(mut snapshot) => {
+                // Ours is newer than this answer: the read started before the change, or it
+                // still shows the association the change replaced, within the window.
+                let stale = |id: &String, w: &Written| {
+                    w.at >= started
+                        || (w.at.elapsed() < CONSISTENCY_WINDOW
+                            && snapshot
+                                .by_allocation
+                                .get(id)
+                                .is_some_and(|a| a.association_id == w.replaced))
+                };
                 let newer: Vec<AddressInfo> = self
                     .written
                     .iter()
-                    .filter(|(_, at)| **at >= started)
+                    .filter(|(id, w)| stale(id, w))
                     .filter_map(|(id, _)| self.addresses.by_allocation.get(id).cloned())
                     .collect();
+                self.written.retain(|id, w| stale(id, w));
                 for a in newer {
                     snapshot.insert(a);
                 }
-                self.written.retain(|_, at| *at >= started);
+                self.address_reads += 1;
                 let moved = snapshot
                     .by_allocation
                     .iter()
@@ -326,15 +337,73 @@ mod tests {
         let started = Instant::now();
         // This process moved the address after the next read started.
         let moved = address("eipalloc-a", "198.51.100.1", Some("eni-2"));
-        v.record(moved.clone());
+        v.record(moved.clone(), old.association_id.clone());
         let c = v.merge(answer(&[old], &["eipalloc-a"], started));
         assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&moved));
         assert!(c.keys.is_empty(), "the stale answer is no drift: {c:?}");
         // A read that started later supersedes it.
         let later = Instant::now();
-        let back = address("eipalloc-a", "198.51.100.1", Some("eni-1"));
+        let back = AddressInfo {
+            association_id: Some("eipassoc-back".into()),
+            ..address("eipalloc-a", "198.51.100.1", Some("eni-1"))
+        };
         let c = v.merge(answer(std::slice::from_ref(&back), &["eipalloc-a"], later));
         assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&back));
         assert!(c.keys.contains("eipalloc-a"));
+    }
+
+    #[test]
+    fn within_the_consistency_window_an_answer_showing_the_replaced_association_is_stale() {
+        let mut v = Ec2View::default();
+        let with = |eni: &str, assoc: Option<&str>| AddressInfo {
+            association_id: assoc.map(str::to_string),
+            ..address("eipalloc-a", "198.51.100.1", Some(eni))
+        };
+        let old = with("eni-1", Some("eipassoc-old"));
+        v.merge(answer(
+            std::slice::from_ref(&old),
+            &["eipalloc-a"],
+            Instant::now(),
+        ));
+        assert_eq!(v.address_reads, 1);
+        let ours = with("eni-2", Some("eipassoc-ours"));
+        v.record(ours.clone(), Some("eipassoc-old".into()));
+        // Reads that start after the change but still show the old association: stale.
+        for _ in 0..3 {
+            let c = v.merge(answer(
+                std::slice::from_ref(&old),
+                &["eipalloc-a"],
+                Instant::now(),
+            ));
+            assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&ours));
+            assert!(c.keys.is_empty(), "no drift from a lagging read: {c:?}");
+        }
+        assert_eq!(v.address_reads, 4, "each read counts");
+        // EC2 catches up: ours is confirmed and the record is done with.
+        v.merge(answer(
+            std::slice::from_ref(&ours),
+            &["eipalloc-a"],
+            Instant::now(),
+        ));
+        assert!(v.written.is_empty());
+        // A third association (someone else moved it) is news at once, window or not.
+        v.record(ours.clone(), Some("eipassoc-old".into()));
+        let other = with("eni-3", Some("eipassoc-other"));
+        let c = v.merge(answer(
+            std::slice::from_ref(&other),
+            &["eipalloc-a"],
+            Instant::now(),
+        ));
+        assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&other));
+        assert!(c.keys.contains("eipalloc-a"));
+        // After the window, even the replaced association is believed.
+        v.record(ours.clone(), Some("eipassoc-old".into()));
+        v.written.get_mut("eipalloc-a").unwrap().at -= CONSISTENCY_WINDOW;
+        v.merge(answer(
+            std::slice::from_ref(&old),
+            &["eipalloc-a"],
+            Instant::now(),
+        ));
+        assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&old));
     }
 }

@@ -347,6 +347,8 @@ pub(super) struct Observed {
     pub(super) needs_instance_read: bool,
     /// The slot the holder Lease records.
     pub(super) lease_slot: Option<SlotRecord>,
+    /// The address was seen off its confirmed holder once: read EC2 again now.
+    pub(super) needs_address_read: bool,
 }
 
 impl Observed {
@@ -434,6 +436,16 @@ pub(super) fn observe(
             .and_then(|l| l.metadata.annotations.as_ref())
             .and_then(|a| a.get(CONFIRMED_ANNOTATION))
             .is_some_and(|v| v == "true");
+    let holder_target = holder
+        .as_ref()
+        .and_then(|h| candidates.iter().find(|c| &c.view.node == h))
+        .and_then(|c| c.view.target.as_ref());
+    let (observation, needs_address_read) = second_look(
+        address.observation,
+        holder_target.filter(|_| holder_confirmed),
+        address.read,
+        &mut memory.off_target,
+    );
     Observed {
         input: Input {
             now,
@@ -442,8 +454,9 @@ pub(super) fn observe(
             holder,
             holder_confirmed,
             failures,
-            address: address.observation,
+            address: observation,
         },
+        needs_address_read,
         probe_pending: candidates.iter().any(|c| c.probe_pending),
         needs_instance_read: candidates.iter().any(|c| c.needs_instance_read),
         candidates,
@@ -455,6 +468,54 @@ pub(super) fn observe(
         transitions: lease_spec.and_then(|s| s.lease_transitions).unwrap_or(0),
         lease_slot,
     }
+}
+
+/// Drift needs a second look: the address off its confirmed holder's target counts only when
+/// two DescribeAddresses in a row (distinct reads, `read`) show it. A single answer may be
+/// stale or out of order (EC2 is eventually consistent, also across leaders); until the
+/// second read the address counts as unknown, which moves nothing and counts nothing.
+/// `streak` is the address's memory of (last read, reads) showing it off target. Returns the
+/// observation to decide on and whether EC2 should be read again now.
+pub(super) fn second_look(
+    observation: AddressObservation,
+    confirmed_target: Option<&Target>,
+    read: u64,
+    streak: &mut Option<(u64, u32)>,
+) -> (AddressObservation, bool) {
+    let off_target = confirmed_target.is_some_and(|t| match &observation {
+        AddressObservation::Unknown { .. } => false,
+        AddressObservation::Unassociated => true,
+        AddressObservation::Associated {
+            network_interface_id,
+            private_ip,
+            ..
+        } => {
+            *network_interface_id != t.network_interface_id
+                || private_ip.as_deref().is_some_and(|ip| ip != t.private_ip)
+        }
+    });
+    if !off_target {
+        if !matches!(observation, AddressObservation::Unknown { .. }) {
+            *streak = None;
+        }
+        return (observation, false);
+    }
+    let (last, reads) = streak.get_or_insert((read, 0));
+    if *reads == 0 || *last != read {
+        *last = read;
+        *reads += 1;
+    }
+    if *reads >= 2 {
+        return (observation, false);
+    }
+    let reason =
+        "the address was seen off its holder once; reading EC2 again before counting drift";
+    (
+        AddressObservation::Unknown {
+            reason: reason.into(),
+        },
+        true,
+    )
 }
 
 /// Candidates in another VPC than the address's network are not eligible.
@@ -612,6 +673,8 @@ pub(super) struct AddressObserved {
     pub(super) info: Option<AddressInfo>,
     /// EC2 has no such address.
     pub(super) missing: bool,
+    /// Which DescribeAddresses (the view's read count) this comes from.
+    pub(super) read: u64,
 }
 
 pub(super) fn observe_address(lookup: &AddressLookup) -> AddressObserved {
@@ -627,6 +690,7 @@ pub(super) fn observe_address(lookup: &AddressLookup) -> AddressObserved {
             },
             info: Some(a.clone()),
             missing: false,
+            read: 0,
         },
         AddressLookup::Absent => AddressObserved {
             observation: AddressObservation::Unknown {
@@ -634,6 +698,7 @@ pub(super) fn observe_address(lookup: &AddressLookup) -> AddressObserved {
             },
             info: None,
             missing: true,
+            read: 0,
         },
         other => AddressObserved {
             observation: AddressObservation::Unknown {
@@ -641,6 +706,7 @@ pub(super) fn observe_address(lookup: &AddressLookup) -> AddressObserved {
             },
             info: None,
             missing: false,
+            read: 0,
         },
     }
 }

@@ -432,6 +432,7 @@ pub(super) fn observed(
     });
     Observed {
         lease_slot,
+        needs_address_read: false,
         input: Input {
             now: now(),
             policy: Policy::default(),

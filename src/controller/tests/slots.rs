@@ -274,3 +274,89 @@ fn a_legacy_lease_without_a_slot_is_confirmed_as_before() {
         "the slot is recorded with the next renewal"
     );
 }
+
+#[test]
+fn drift_counts_from_the_second_read_that_shows_it() {
+    use super::super::observe::second_look;
+    use crate::decide::AddressObservation;
+    let t = target("a");
+    let on = AddressObservation::Associated {
+        network_interface_id: t.network_interface_id.clone(),
+        private_ip: Some(t.private_ip.clone()),
+        association_id: None,
+    };
+    let off = AddressObservation::Unassociated;
+    let other_ip = AddressObservation::Associated {
+        network_interface_id: t.network_interface_id.clone(),
+        private_ip: Some(secondary_ip("a")),
+        association_id: None,
+    };
+    let unknown = |o: &AddressObservation| matches!(o, AddressObservation::Unknown { .. });
+    let mut streak = None;
+    // (case, observation, read, confirmed, expect unknown, expect re-read)
+    let rows = [
+        ("on target", on.clone(), 1, true, false, false),
+        (
+            "first read off target: unknown, read again",
+            off.clone(),
+            2,
+            true,
+            true,
+            true,
+        ),
+        (
+            "the same read again does not count twice",
+            off.clone(),
+            2,
+            true,
+            true,
+            true,
+        ),
+        (
+            "a second read shows it: drift",
+            off.clone(),
+            3,
+            true,
+            false,
+            false,
+        ),
+        ("back on target resets", on.clone(), 4, true, false, false),
+        (
+            "another private IP on the interface is off target",
+            other_ip,
+            5,
+            true,
+            true,
+            true,
+        ),
+        (
+            "an unknown read keeps the streak",
+            AddressObservation::Unknown { reason: "x".into() },
+            6,
+            true,
+            true,
+            false,
+        ),
+        (
+            "then a second read showing it counts",
+            off.clone(),
+            7,
+            true,
+            false,
+            false,
+        ),
+        (
+            "not confirmed: passed through, streak reset",
+            off.clone(),
+            8,
+            false,
+            false,
+            false,
+        ),
+        ("confirmed again: first sight", off, 9, true, true, true),
+    ];
+    for (case, obs, read, confirmed, want_unknown, want_read) in rows {
+        let (got, reread) = second_look(obs, Some(&t).filter(|_| confirmed), read, &mut streak);
+        assert_eq!((unknown(&got), reread), (want_unknown, want_read), "{case}");
+    }
+}
