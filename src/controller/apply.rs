@@ -342,7 +342,7 @@ async fn act(
                         c.network_interface_id = None;
                         c.private_ip = None;
                         c.instance_id = None;
-                        lock(&ctx.view).record(c.clone(), replaced);
+                        lock(&ctx.view).record_unseen(c.clone(), replaced);
                     }
                     let note = "address disassociated (targetState Stopped)".to_string();
                     publish(ctx, f, EventType::Normal, "Disassociated", note).await;
@@ -379,34 +379,41 @@ async fn associate(
         target.network_interface_id.as_str(),
     );
     let retrying = ctx.remember(k, |m| m.failed_attempts > 0);
-    if retrying && already_on(ctx, allocation_id, target).await {
-        let info = confirm(ctx, allocation_id, target, confirm_timeout).await?;
-        lock(&ctx.view).record(info.clone(), current.association_id.clone());
-        return Ok(info);
-    }
-    let association_id = ctx
-        .ec2
-        .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
-        .await?;
-    let info = match confirm(ctx, allocation_id, target, confirm_timeout).await {
-        Ok(info) => info,
-        Err(e) if !association_id.is_empty() => {
+    let sent = if retrying && already_on(ctx, allocation_id, target).await {
+        None
+    } else {
+        Some(
+            ctx.ec2
+                .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
+                .await?,
+        )
+    };
+    match (
+        confirm(ctx, allocation_id, target, confirm_timeout).await,
+        sent,
+    ) {
+        (Ok(info), _) => {
+            lock(&ctx.view).record(info.clone());
+            Ok(info)
+        }
+        (Err(e), Some(association_id)) if !association_id.is_empty() => {
             tracing::info!(
                 feip = %k, %association_id, error = %e,
                 "association not visible yet; trusting AssociateAddress's answer"
             );
-            AddressInfo {
+            let info = AddressInfo {
                 association_id: Some(association_id),
                 network_interface_id: Some(eni.to_owned()),
                 private_ip: Some(target.private_ip.clone()),
                 instance_id: Some(target.instance_id.clone()),
                 ..current.clone()
-            }
+            };
+            let replaced = current.association_id.clone();
+            lock(&ctx.view).record_unseen(info.clone(), replaced);
+            Ok(info)
         }
-        Err(e) => return Err(e),
-    };
-    lock(&ctx.view).record(info.clone(), current.association_id.clone());
-    Ok(info)
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// Step 3: the Lease confirmed (or renewed) once the address is on the holder. A failed

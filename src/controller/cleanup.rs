@@ -85,7 +85,7 @@ pub(super) async fn cleanup(
             released.network_interface_id = None;
             released.private_ip = None;
             released.instance_id = None;
-            lock(&ctx.view).record(released, info.association_id.clone());
+            lock(&ctx.view).record_unseen(released, info.association_id.clone());
             publish(
                 &ctx,
                 &f,

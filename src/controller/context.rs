@@ -66,19 +66,29 @@ pub(super) const CONSISTENCY_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub(super) struct Written {
     pub(super) at: Instant,
-    /// The association id before the change (`None`: unassociated).
-    pub(super) replaced: Option<String>,
+    /// The change was not seen in a DescribeAddresses yet: answers showing this association
+    /// id (the one the change replaced; `None`: unassociated) are stale within the window.
+    pub(super) unseen_replacing: Option<Option<String>>,
 }
 
 impl Ec2View {
-    /// Records a change made by this process: `info` is the address as it is now, `replaced`
-    /// the association id it had before.
-    pub(super) fn record(&mut self, info: AddressInfo, replaced: Option<String>) {
+    /// Records a change made by this process and seen confirmed by a DescribeAddresses.
+    pub(super) fn record(&mut self, info: AddressInfo) {
+        self.insert_written(info, None);
+    }
+
+    /// Records a change EC2 accepted but no DescribeAddresses has shown yet: `replaced` is the
+    /// association id the address had before (`None`: unassociated).
+    pub(super) fn record_unseen(&mut self, info: AddressInfo, replaced: Option<String>) {
+        self.insert_written(info, Some(replaced));
+    }
+
+    fn insert_written(&mut self, info: AddressInfo, unseen_replacing: Option<Option<String>>) {
         self.written.insert(
             info.allocation_id.clone(),
             Written {
                 at: Instant::now(),
-                replaced,
+                unseen_replacing,
             },
         );
         self.addresses.insert(info);

@@ -161,10 +161,12 @@ impl Ec2View {
                 let stale = |id: &String, w: &Written| {
                     w.at >= started
                         || (w.at.elapsed() < CONSISTENCY_WINDOW
-                            && snapshot
-                                .by_allocation
-                                .get(id)
-                                .is_some_and(|a| a.association_id == w.replaced))
+                            && w.unseen_replacing.as_ref().is_some_and(|replaced| {
+                                snapshot
+                                    .by_allocation
+                                    .get(id)
+                                    .is_some_and(|a| a.association_id == *replaced)
+                            }))
                 };
                 let newer: Vec<AddressInfo> = self
                     .written
@@ -337,7 +339,7 @@ mod tests {
         let started = Instant::now();
         // This process moved the address after the next read started.
         let moved = address("eipalloc-a", "198.51.100.1", Some("eni-2"));
-        v.record(moved.clone(), old.association_id.clone());
+        v.record(moved.clone());
         let c = v.merge(answer(&[old], &["eipalloc-a"], started));
         assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&moved));
         assert!(c.keys.is_empty(), "the stale answer is no drift: {c:?}");
@@ -367,7 +369,7 @@ mod tests {
         ));
         assert_eq!(v.address_reads, 1);
         let ours = with("eni-2", Some("eipassoc-ours"));
-        v.record(ours.clone(), Some("eipassoc-old".into()));
+        v.record_unseen(ours.clone(), Some("eipassoc-old".into()));
         // Reads that start after the change but still show the old association: stale.
         for _ in 0..3 {
             let c = v.merge(answer(
@@ -387,7 +389,7 @@ mod tests {
         ));
         assert!(v.written.is_empty());
         // A third association (someone else moved it) is news at once, window or not.
-        v.record(ours.clone(), Some("eipassoc-old".into()));
+        v.record_unseen(ours.clone(), Some("eipassoc-old".into()));
         let other = with("eni-3", Some("eipassoc-other"));
         let c = v.merge(answer(
             std::slice::from_ref(&other),
@@ -397,7 +399,7 @@ mod tests {
         assert_eq!(v.addresses.by_allocation.get("eipalloc-a"), Some(&other));
         assert!(c.keys.contains("eipalloc-a"));
         // After the window, even the replaced association is believed.
-        v.record(ours.clone(), Some("eipassoc-old".into()));
+        v.record_unseen(ours.clone(), Some("eipassoc-old".into()));
         v.written.get_mut("eipalloc-a").unwrap().at -= CONSISTENCY_WINDOW;
         v.merge(answer(
             std::slice::from_ref(&old),
