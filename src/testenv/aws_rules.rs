@@ -806,10 +806,11 @@ async fn describe_instance(
                 let device = siblings(inner)
                     .into_iter()
                     .find(|c| c.name == "attachment")
-                    .and_then(|a| a.inner_text().and_then(|i| child_text(i, "deviceIndex")));
+                    .and_then(|a| a.inner_text().and_then(|i| child_text(i, "deviceIndex")))
+                    .and_then(|d| d.parse::<u32>().ok());
                 Some((device, parse_interface(inner)?))
             })
-            .min_by_key(|(device, _)| device.clone().unwrap_or_else(|| "9".into()))
+            .min_by_key(|(device, _)| device.unwrap_or(u32::MAX))
             .map(|(_, eni)| eni);
         return Ok(Some(InstanceView {
             state,
