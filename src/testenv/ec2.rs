@@ -40,6 +40,16 @@ pub struct Instance {
     pub instance_id: String,
     pub az: String,
     pub network_interface_id: String,
+    /// The interface's primary private IP.
+    pub private_ip: String,
+    /// Every private IP of the interface, the primary first.
+    pub private_ips: Vec<String>,
+}
+
+/// Where an address truly is: (interface, private IP), as AWS would report it once settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressTarget {
+    pub network_interface_id: String,
     pub private_ip: String,
 }
 
@@ -159,12 +169,79 @@ impl Moto {
             .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
             .or_else(|| inst.network_interfaces().first())
             .context("instance has no network interface")?;
+        let private_ip = eni.private_ip_address().unwrap_or_default().to_string();
         Ok(Instance {
             instance_id: inst.instance_id().unwrap_or_default().to_string(),
             az: az.to_string(),
             network_interface_id: eni.network_interface_id().unwrap_or_default().to_string(),
-            private_ip: eni.private_ip_address().unwrap_or_default().to_string(),
+            private_ips: vec![private_ip.clone()],
+            private_ip,
         })
+    }
+
+    /// Launches one instance in `az` whose primary interface carries `secondaries` secondary
+    /// private IPs besides its primary one. moto 5.2 ignores `SecondaryPrivateIpAddressCount`
+    /// in RunInstances, so they are assigned after launch (AssignPrivateIpAddresses, which
+    /// moto honours; DescribeInstances and DescribeNetworkInterfaces then list them).
+    pub async fn launch_instance_with_secondaries(
+        &self,
+        az: &str,
+        secondaries: i32,
+    ) -> anyhow::Result<Instance> {
+        let mut instance = self.launch_instance(az).await?;
+        if secondaries == 0 {
+            return Ok(instance);
+        }
+        let client = ec2_client(&self.url).await;
+        client
+            .assign_private_ip_addresses()
+            .network_interface_id(&instance.network_interface_id)
+            .secondary_private_ip_address_count(secondaries)
+            .send()
+            .await
+            .map_err(e("AssignPrivateIpAddresses"))?;
+        let out = client
+            .describe_network_interfaces()
+            .network_interface_ids(&instance.network_interface_id)
+            .send()
+            .await
+            .map_err(e("DescribeNetworkInterfaces"))?;
+        let eni = out
+            .network_interfaces()
+            .first()
+            .context("DescribeNetworkInterfaces returned no interface")?;
+        let mut ips: Vec<(bool, String)> = eni
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.primary() != Some(true),
+                    p.private_ip_address()?.to_string(),
+                ))
+            })
+            .collect();
+        ips.sort_by_key(|(secondary, _)| *secondary); // stable: the primary first
+        instance.private_ips = ips.into_iter().map(|(_, ip)| ip).collect();
+        let want = usize::try_from(secondaries).unwrap_or(0) + 1;
+        anyhow::ensure!(
+            instance.private_ips.len() == want,
+            "{} has {} private IPs, wanted {want}",
+            instance.network_interface_id,
+            instance.private_ips.len()
+        );
+        Ok(instance)
+    }
+
+    /// Stops an instance (moto reports it `stopped` at once).
+    pub async fn stop_instance(&self, instance_id: &str) -> anyhow::Result<()> {
+        ec2_client(&self.url)
+            .await
+            .stop_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(e("StopInstances"))?;
+        Ok(())
     }
 
     /// Allocates a VPC Elastic IP.
@@ -182,7 +259,10 @@ impl Moto {
         })
     }
 
-    /// The network interface the address is associated with, straight from moto.
+    /// The network interface the address is associated with, as AWS would report it once
+    /// settled (no consistency lag). Straight from moto: the AWS rules of the fault proxy keep
+    /// moto's interface true (a displaced address is disassociated in moto too); only the
+    /// private IP needs their model, see `true_association`.
     pub async fn association(&self, allocation_id: &str) -> anyhow::Result<Option<String>> {
         let client = ec2_client(&self.url).await;
         let out = client
@@ -198,6 +278,41 @@ impl Moto {
             // moto reports an unassociated address with an empty interface id.
             .filter(|s| !s.is_empty())
             .map(str::to_string))
+    }
+
+    /// The (interface, private IP) the address is truly associated with, settled: moto's
+    /// interface, and the private IP from the fault proxies' AWS model when they made the
+    /// association (moto itself puts every association on the interface's primary IP).
+    pub async fn true_association(
+        &self,
+        allocation_id: &str,
+    ) -> anyhow::Result<Option<AddressTarget>> {
+        let client = ec2_client(&self.url).await;
+        let out = client
+            .describe_addresses()
+            .allocation_ids(allocation_id)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("DescribeAddresses: {e:?}"))?;
+        let Some(address) = out.addresses().first() else {
+            return Ok(None);
+        };
+        let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+        let (Some(association_id), Some(eni)) = (
+            non_empty(address.association_id()),
+            non_empty(address.network_interface_id()),
+        ) else {
+            return Ok(None);
+        };
+        let private_ip =
+            super::aws_rules::modelled_association(&self.url, allocation_id, &association_id)
+                .map(|a| a.private_ip)
+                .or_else(|| non_empty(address.private_ip_address()))
+                .unwrap_or_default();
+        Ok(Some(AddressTarget {
+            network_interface_id: eni,
+            private_ip,
+        }))
     }
 }
 

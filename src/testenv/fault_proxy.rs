@@ -4,6 +4,10 @@
 //! the operation, so faults are programmed per action and per call. Each test starts its own
 //! proxy (cheap, in-process) in front of the shared moto, so fault rules and request logs never
 //! leak between tests.
+//!
+//! A request that no fault answers goes through the AWS rules of `aws_rules` (always on: one
+//! EIP per private IP, `PrivateIpAddress` honoured, eventual consistency, filter limit, instance
+//! state, IAM denials), which answer from moto. This module is the transport.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +23,8 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+
+use super::aws_rules::{self, Call, Displacement, RuleSettings};
 
 /// A fault the proxy can inject.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,10 +89,12 @@ pub struct RequestRecord {
     pub at: Instant,
     pub action: String,
     pub params: BTreeMap<String, String>,
-    /// The injected fault, if any (None = forwarded untouched).
+    /// The injected fault, if any (None = answered by the AWS rules, from moto).
     pub fault: Option<Fault>,
-    /// HTTP status returned to the client (0 for reset/hang).
+    /// HTTP status returned to the client (0 for reset/hang, and while the answer is pending).
     pub status: u16,
+    /// Which request of this proxy it was (0, 1, ...; not reset by `clear_log`).
+    pub seq: u64,
 }
 
 /// EC2's published token buckets, emulated so a client that overspends sees
@@ -128,8 +136,11 @@ pub const MUTATING_ACTIONS: &[&str] = &["AssociateAddress", "DisassociateAddress
 struct State {
     rules: Vec<FaultRule>,
     log: Vec<RequestRecord>,
+    next_seq: u64,
     mutating_bucket: Option<TokenBucket>,
     describe_addresses_bucket: Option<TokenBucket>,
+    aws: RuleSettings,
+    displacements: Vec<Displacement>,
 }
 
 /// A running fault proxy; stops when dropped.
@@ -145,20 +156,19 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let client: HttpClient<HttpConnector, Full<Bytes>> =
-            HttpClient::builder(TokioExecutor::new()).build_http();
-        let upstream: Arc<str> = upstream.trim_end_matches('/').into();
+        let upstream = Upstream {
+            client: HttpClient::builder(TokioExecutor::new()).build_http(),
+            base: upstream.trim_end_matches('/').into(),
+        };
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (st, client, upstream) = (st.clone(), client.clone(), upstream.clone());
+                let (st, upstream) = (st.clone(), upstream.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        handle(req, st.clone(), client.clone(), upstream.clone())
-                    });
+                    let service = service_fn(move |req| handle(req, st.clone(), upstream.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -224,6 +234,29 @@ impl FaultProxy {
         self.lock().log.clear();
     }
 
+    /// The addresses AWS's one-EIP-per-private-IP rule disassociated because a request through
+    /// this proxy associated another address at their (ENI, private IP), in order.
+    pub fn displacements(&self) -> Vec<Displacement> {
+        self.lock().displacements.clone()
+    }
+
+    /// How long DescribeAddresses keeps reporting an address's previous association after a
+    /// mutation through this proxy (default `aws_rules::DEFAULT_CONSISTENCY_LAG`; zero: none).
+    pub fn set_consistency_lag(&self, lag: Duration) {
+        self.lock().aws.lag = lag;
+    }
+
+    /// Answers every later `action` with HTTP 403 `UnauthorizedOperation`, as IAM does for an
+    /// action the policy does not allow, until `allow(action)`.
+    pub fn deny(&self, action: &str) {
+        self.lock().aws.denied.insert(action.to_string());
+    }
+
+    /// Undoes `deny(action)`.
+    pub fn allow(&self, action: &str) {
+        self.lock().aws.denied.remove(action);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -242,8 +275,7 @@ type ProxyResponse = Response<Full<Bytes>>;
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
-    client: HttpClient<HttpConnector, Full<Bytes>>,
-    upstream: Arc<str>,
+    upstream: Upstream,
 ) -> Result<ProxyResponse, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body
@@ -255,7 +287,7 @@ async fn handle(
     let action = params.get("Action").cloned().unwrap_or_default();
     let now = Instant::now();
 
-    let fault = {
+    let (fault, seq, lag, denied) = {
         let mut s = state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -278,17 +310,25 @@ async fn handle(
             Some(Fault::Throttle) => 503,
             Some(Fault::ServerError) => 500,
             Some(Fault::Definite(_)) => 400,
-            Some(Fault::Reset | Fault::Hang) => 0,
-            Some(Fault::Latency(_)) | None => 200,
+            // Forwarded: the answer's status is filled in when it comes.
+            Some(Fault::Reset | Fault::Hang | Fault::Latency(_)) | None => 0,
         };
+        let seq = s.next_seq;
+        s.next_seq += 1;
         s.log.push(RequestRecord {
             at: now,
             action: action.clone(),
-            params,
+            params: params.clone(),
             fault: fault.clone(),
             status,
+            seq,
         });
-        fault
+        (
+            fault,
+            seq,
+            s.aws.lag,
+            s.aws.denied.contains(action.as_str()),
+        )
     };
 
     match fault {
@@ -315,11 +355,29 @@ async fn handle(
             futures::future::pending::<()>().await;
             Err(std::io::Error::other("unreachable"))
         }
-        Some(Fault::Latency(d)) => {
-            tokio::time::sleep(d).await;
-            forward(parts, body, &client, &upstream).await
+        Some(Fault::Latency(_)) | None => {
+            if let Some(Fault::Latency(d)) = fault {
+                tokio::time::sleep(d).await;
+            }
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let call = Call {
+                method: &parts.method,
+                action: &action,
+                params: &params,
+                headers: &parts.headers,
+                path,
+                body,
+            };
+            let answer = aws_rules::answer(call, lag, denied, &upstream).await?;
+            let mut s = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
+                r.status = answer.reply.status.as_u16();
+            }
+            s.displacements.extend(answer.displacements);
+            Ok(answer.reply.into_response())
         }
-        None => forward(parts, body, &client, &upstream).await,
     }
 }
 
@@ -342,31 +400,106 @@ fn pick_fault(rules: &mut Vec<FaultRule>, action: &str) -> Option<Fault> {
     Some(fault)
 }
 
-async fn forward(
-    parts: http::request::Parts,
-    body: Bytes,
-    client: &HttpClient<HttpConnector, Full<Bytes>>,
-    upstream: &str,
-) -> Result<ProxyResponse, std::io::Error> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: hyper::Uri = format!("{upstream}{path}")
-        .parse()
-        .map_err(std::io::Error::other)?;
-    let mut req = Request::builder().method(parts.method).uri(uri);
-    for (k, v) in &parts.headers {
-        if k != http::header::HOST {
-            req = req.header(k, v);
-        }
+/// moto, as the rules and the proxy reach it.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    client: HttpClient<HttpConnector, Full<Bytes>>,
+    base: Arc<str>,
+}
+
+/// An answer read in full, so the rules can inspect and rewrite it.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
-    let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
-    let resp = client.request(req).await.map_err(std::io::Error::other)?;
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok(Response::from_parts(parts, Full::new(body)))
+
+    /// The same answer with another body (its length header dropped: hyper sets it).
+    pub fn with_body(mut self, body: Bytes) -> Self {
+        self.headers.remove(http::header::CONTENT_LENGTH);
+        self.body = body;
+        self
+    }
+
+    fn into_response(self) -> ProxyResponse {
+        let mut resp = Response::new(Full::new(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+impl Upstream {
+    /// moto's URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request as the client sent it (its headers carry the region moto answers for).
+    pub async fn send(
+        &self,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Reply, std::io::Error> {
+        let uri: hyper::Uri = format!("{}{path}", self.base)
+            .parse()
+            .map_err(std::io::Error::other)?;
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        for (k, v) in headers {
+            if k != http::header::HOST {
+                req = req.header(k, v);
+            }
+        }
+        let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// A Query request of the rules' own (`form` without `Version`), with the client's headers.
+    pub async fn query(
+        &self,
+        client_headers: &http::HeaderMap,
+        form: &[(&str, &str)],
+    ) -> Result<Reply, std::io::Error> {
+        // The serializer is not Send: finish it before awaiting.
+        let body = {
+            let mut body = form_urlencoded::Serializer::new(String::new());
+            body.append_pair("Version", "2016-11-15");
+            for (k, v) in form {
+                body.append_pair(k, v);
+            }
+            body.finish()
+        };
+        let mut headers = client_headers.clone();
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        self.send(&http::Method::POST, &headers, "/", Bytes::from(body))
+            .await
+    }
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> ProxyResponse {

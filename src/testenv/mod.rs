@@ -2,6 +2,7 @@
 //! a kube-apiserver + etcd control plane, moto behind a fault-injecting proxy, and simulated
 //! nodes. Built only with the `testenv` feature; none of it ships in the controller image.
 
+pub mod aws_rules;
 pub mod bin_support;
 pub mod control_plane;
 pub mod controller;
@@ -13,9 +14,10 @@ pub mod scenario;
 pub mod tcp_proxy;
 pub mod tools;
 
+pub use aws_rules::{Association, DEFAULT_CONSISTENCY_LAG, Displacement};
 pub use control_plane::ControlPlane;
 pub use controller::{ControllerOptions, TestController};
-pub use ec2::{AZ_A, AZ_C, ElasticIp, Instance, Moto, REGION, ec2_client};
+pub use ec2::{AZ_A, AZ_C, AddressTarget, ElasticIp, Instance, Moto, REGION, ec2_client};
 pub use fault_proxy::{Fault, FaultProxy, FaultRule};
 pub use node_sim::{NodeOptions, SimNode};
 pub use process::wait_for;
