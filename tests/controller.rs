@@ -48,6 +48,12 @@ fn two_azs() -> Vec<NodeSetup> {
 
 impl Scenario {
     async fn new(name: &str, nodes: Vec<NodeSetup>) -> anyhow::Result<Self> {
+        Self::build(name, nodes, 0).await
+    }
+
+    /// Like [`Scenario::new`], every node's interface with `secondaries` secondary private IPs
+    /// (one Elastic IP per private IP: a node holds at most `secondaries + 1` addresses).
+    async fn build(name: &str, nodes: Vec<NodeSetup>, secondaries: i32) -> anyhow::Result<Self> {
         feip::install_crypto_provider();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -61,7 +67,9 @@ impl Scenario {
         let mut sims = Vec::new();
         let mut instances = Vec::new();
         for (i, setup) in nodes.iter().enumerate() {
-            let instance = moto.launch_instance(setup.az).await?;
+            let instance = moto
+                .launch_instance_with_secondaries(setup.az, secondaries)
+                .await?;
             let mut opts = NodeOptions::new(&format!("{ns}-n{i}"), setup.az, &instance.instance_id);
             opts.heartbeat_interval = Duration::from_millis(300);
             opts.http_port = setup.http_port;
@@ -223,6 +231,15 @@ impl Scenario {
     async fn wait_monitor_passes(&self, n: usize) -> anyhow::Result<()> {
         let start = self.proxy.count("DescribeAddresses");
         wait_for(&format!("{n} monitor passes"), WAIT, || async move {
+            Ok((self.proxy.count("DescribeAddresses") >= start + n).then_some(()))
+        })
+        .await
+    }
+
+    /// Like [`Scenario::wait_monitor_passes`] with its own deadline.
+    async fn wait_monitor_passes_within(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        let start = self.proxy.count("DescribeAddresses");
+        wait_for(&format!("{n} monitor passes"), within, || async move {
             Ok((self.proxy.count("DescribeAddresses") >= start + n).then_some(()))
         })
         .await
@@ -1057,6 +1074,303 @@ async fn fifty_addresses_over_five_nodes_fail_over_with_constant_describe_calls(
         s.proxy.count("AssociateAddress"),
         10,
         "exactly the dead node's addresses were remapped"
+    );
+    Ok(())
+}
+
+// ---- one Elastic IP per private IP (the test EC2 applies AWS's rule) ----
+
+/// Where EC2 really has each address (interface, private IP), by allocation id.
+async fn true_targets(
+    s: &Scenario,
+    eips: &[ElasticIp],
+) -> anyhow::Result<Vec<Option<(String, String)>>> {
+    let mut out = Vec::new();
+    for e in eips {
+        out.push(
+            s.moto
+                .true_association(&e.allocation_id)
+                .await?
+                .map(|t| (t.network_interface_id, t.private_ip)),
+        );
+    }
+    Ok(out)
+}
+
+/// Status says Active only where EC2 has the address: the holder's interface and private IP.
+fn status_matches_ec2(st: &FloatingElasticIPStatus, at: &Option<(String, String)>) -> bool {
+    let h = st.holder.as_ref();
+    let on = |(eni, ip): &(String, String)| {
+        h.is_some_and(|h| {
+            h.network_interface_id.as_deref() == Some(eni.as_str())
+                && h.private_ip_address.as_deref() == Some(ip.as_str())
+        })
+    };
+    st.phase != Some(feip::crd::Phase::Active) || at.as_ref().is_some_and(on)
+}
+
+async fn create_addresses(s: &Scenario, n: usize) -> anyhow::Result<Vec<ElasticIp>> {
+    let mut eips = vec![s.eip.clone()];
+    for _ in 1..n {
+        eips.push(s.moto.allocate_address().await?);
+    }
+    for (i, eip) in eips.iter().enumerate() {
+        let mut spec = s.spec(serde_json::json!({}));
+        spec["allocationId"] = eip.allocation_id.clone().into();
+        s.create(&format!("ip-{i}"), spec).await?;
+    }
+    Ok(eips)
+}
+
+async fn statuses(s: &Scenario, n: usize) -> anyhow::Result<Vec<FloatingElasticIPStatus>> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            s.api
+                .get(&format!("ip-{i}"))
+                .await?
+                .status
+                .unwrap_or_default(),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn three_addresses_over_two_nodes_take_three_private_ips_and_never_fight()
+-> anyhow::Result<()> {
+    // Two nodes with two private IPs each, three addresses listing both nodes in the same
+    // order (as every example does): three distinct private IPs, no displacement, no drift.
+    let mut s = Scenario::build("slots", two_azs(), 1).await?;
+    s.run().await?;
+    let eips = create_addresses(&s, 3).await?;
+    let names: Vec<String> = (0..2).map(|i| s.node(i).to_string()).collect();
+    let placed = wait_for("three addresses active on three private IPs", WAIT, || {
+        let (s, eips, names) = (&s, &eips, &names);
+        async move {
+            let at = true_targets(s, eips).await?;
+            let sts = statuses(s, 3).await?;
+            let mut slots: Vec<_> = at.iter().flatten().collect();
+            slots.sort();
+            slots.dedup();
+            let ok =
+                slots.len() == 3 && sts.iter().all(|st| names.iter().any(|n| active_on(st, n)));
+            Ok(ok.then_some(()))
+        }
+    })
+    .await;
+    if let Err(e) = placed {
+        anyhow::bail!("{e:#}\n{}", s.diagnostics().await);
+    }
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        3,
+        "one associate per address"
+    );
+
+    // A minute of monitoring (1 s interval): nothing moves, nothing is knocked off.
+    s.wait_monitor_passes_within(60, Duration::from_secs(120))
+        .await?;
+    let at = true_targets(&s, &eips).await?;
+    for (i, st) in statuses(&s, 3).await?.iter().enumerate() {
+        assert!(
+            status_matches_ec2(st, &at[i]),
+            "ip-{i}: {st:?} vs EC2 {:?}",
+            at[i]
+        );
+        assert!(names.iter().any(|n| active_on(st, n)), "ip-{i}: {st:?}");
+        assert!(
+            st.nodes.iter().all(|n| n.failure_count == 0),
+            "ip-{i}: {st:?}"
+        );
+        let reasons = s.event_reasons(&format!("ip-{i}")).await?;
+        assert!(
+            !reasons.iter().any(|r| r == "Drift" || r == "Banned"),
+            "ip-{i}: {reasons:?}"
+        );
+    }
+    assert_eq!(
+        s.proxy.displacements().len(),
+        0,
+        "{:?}",
+        s.proxy.displacements()
+    );
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        3,
+        "no re-association over 60 s"
+    );
+
+    // The node holding two addresses dies: the survivor has one free private IP. One
+    // address moves there; the other reports the missing private IP; nothing flaps.
+    let sts = statuses(&s, 3).await?;
+    let on_n0: Vec<usize> = (0..3).filter(|i| active_on(&sts[*i], &names[0])).collect();
+    assert_eq!(
+        on_n0.len(),
+        2,
+        "the first node has two private IPs: {sts:?}"
+    );
+    s.nodes[0].stop();
+    let moved = wait_for(
+        "one address moved, one reports the missing private IP",
+        WAIT,
+        || {
+            let (s, on_n0, names) = (&s, &on_n0, &names);
+            async move {
+                let sts = statuses(s, 3).await?;
+                let moved = on_n0
+                    .iter()
+                    .filter(|i| active_on(&sts[**i], &names[1]))
+                    .count();
+                let stranded = on_n0.iter().filter(|i| {
+                    let st = &sts[**i];
+                    st.phase != Some(feip::crd::Phase::Active)
+                        && condition(st, "Degraded")
+                            .is_some_and(|c| c.message.contains("no free private IP"))
+                });
+                Ok((moved == 1 && stranded.count() == 1).then_some(()))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = moved {
+        anyhow::bail!("{e:#}\n{}", s.diagnostics().await);
+    }
+    s.wait_monitor_passes_within(10, WAIT).await?;
+    assert_eq!(s.proxy.count("AssociateAddress"), 4, "exactly one move");
+    assert_eq!(
+        s.proxy.displacements().len(),
+        0,
+        "{:?}",
+        s.proxy.displacements()
+    );
+    let at = true_targets(&s, &eips).await?;
+    for (i, st) in statuses(&s, 3).await?.iter().enumerate() {
+        assert!(
+            status_matches_ec2(st, &at[i]),
+            "ip-{i}: {st:?} vs EC2 {:?}",
+            at[i]
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edited_private_ip_of_the_holder_moves_the_address_without_a_failure()
+-> anyhow::Result<()> {
+    let mut s = Scenario::build("retarget", two_azs(), 1).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    let secondary = s.instances[0].private_ips[1].clone();
+    let candidates = serde_json::json!([
+        {"node": s.node(0), "privateIpAddress": secondary},
+        {"node": s.node(1)},
+    ]);
+    s.patch_spec("web", serde_json::json!({"candidates": candidates}))
+        .await?;
+    let want = Some((s.eni(0).to_string(), secondary.clone()));
+    wait_for("the address on the edited private IP", WAIT, || {
+        let (s, want) = (&s, &want);
+        async move {
+            let at = true_targets(s, std::slice::from_ref(&s.eip)).await?;
+            Ok((at[0] == *want).then_some(()))
+        }
+    })
+    .await?;
+    let st = s
+        .wait_status("web", "active on the new private IP", |st| {
+            active_on(st, s.node(0))
+                && st
+                    .holder
+                    .as_ref()
+                    .and_then(|h| h.private_ip_address.as_deref())
+                    == Some(secondary.as_str())
+        })
+        .await?;
+    assert_eq!(st.failover_count, 0, "a planned move is no failover");
+    assert!(
+        st.nodes.iter().all(|n| n.failure_count == 0 && !n.banned),
+        "{st:?}"
+    );
+    let reasons = s.event_reasons("web").await?;
+    assert!(reasons.iter().any(|r| r == "Retargeted"), "{reasons:?}");
+    assert!(
+        !reasons.iter().any(|r| r == "Drift" || r == "Banned"),
+        "{reasons:?}"
+    );
+    let lease = s.lease("web").await?;
+    let annotations = lease.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("feip.io/private-ip"), Some(&secondary));
+    s.wait_monitor_passes(5).await?;
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        2,
+        "created, then moved once"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn eventual_consistency_longer_than_the_monitor_timeout_is_no_drift_and_no_remap()
+-> anyhow::Result<()> {
+    let mut s = Scenario::new("lag", two_azs()).await?;
+    // DescribeAddresses shows the old association for 3 s after every change: longer than
+    // monitor.timeout (800 ms), so no confirmation sees the change in time.
+    s.proxy.set_consistency_lag(Duration::from_secs(3));
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_association(Some(s.eni(0))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    s.wait_monitor_passes(8).await?;
+    assert_eq!(s.proxy.count("AssociateAddress"), 1, "no second remap");
+    // A failover through the same lag: one associate to the new holder.
+    s.nodes[0].stop();
+    s.wait_association(Some(s.eni(1))).await?;
+    let st = s
+        .wait_status("web", "failed over", |st| active_on(st, s.node(1)))
+        .await?;
+    s.wait_monitor_passes(8).await?;
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        2,
+        "{}",
+        s.diagnostics().await
+    );
+    let st = s.api.get("web").await?.status.unwrap_or(st);
+    assert!(
+        st.nodes.iter().all(|n| n.failure_count == 0 && !n.banned),
+        "{st:?}"
+    );
+    let reasons = s.event_reasons("web").await?;
+    assert!(
+        !reasons.iter().any(|r| r == "Drift" || r == "Banned"),
+        "{reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_associate_whose_answer_times_out_is_read_back_not_resent() -> anyhow::Result<()> {
+    let mut s = Scenario::new("slow-answer", two_azs()).await?;
+    // The associate happens at once in EC2; its answer arrives after the attempt timeout.
+    s.proxy.inject(FaultRule::times(
+        "AssociateAddress",
+        1,
+        Fault::SlowAnswer(Duration::from_secs(3)),
+    ));
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_status("web", "active", |st| active_on(st, s.node(0)))
+        .await?;
+    s.wait_monitor_passes(3).await?;
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        1,
+        "the outcome was read back, not resent:\n{}",
+        s.diagnostics().await
     );
     Ok(())
 }

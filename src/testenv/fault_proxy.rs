@@ -35,6 +35,9 @@ pub enum Fault {
     ServerError,
     /// Forward the request after this extra delay.
     Latency(Duration),
+    /// Forward the request at once (it takes effect) and hold the answer back this long: a
+    /// client whose attempt times out does not know that its request happened.
+    SlowAnswer(Duration),
     /// Drop the connection without an answer.
     Reset,
     /// Never answer (the client's timeout must fire).
@@ -311,7 +314,7 @@ async fn handle(
             Some(Fault::ServerError) => 500,
             Some(Fault::Definite(_)) => 400,
             // Forwarded: the answer's status is filled in when it comes.
-            Some(Fault::Reset | Fault::Hang | Fault::Latency(_)) | None => 0,
+            Some(Fault::Reset | Fault::Hang | Fault::Latency(_) | Fault::SlowAnswer(_)) | None => 0,
         };
         let seq = s.next_seq;
         s.next_seq += 1;
@@ -355,7 +358,7 @@ async fn handle(
             futures::future::pending::<()>().await;
             Err(std::io::Error::other("unreachable"))
         }
-        Some(Fault::Latency(_)) | None => {
+        Some(Fault::Latency(_) | Fault::SlowAnswer(_)) | None => {
             if let Some(Fault::Latency(d)) = fault {
                 tokio::time::sleep(d).await;
             }
@@ -369,13 +372,18 @@ async fn handle(
                 body,
             };
             let answer = aws_rules::answer(call, lag, denied, &upstream).await?;
-            let mut s = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
-                r.status = answer.reply.status.as_u16();
+            {
+                let mut s = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
+                    r.status = answer.reply.status.as_u16();
+                }
+                s.displacements.extend(answer.displacements);
             }
-            s.displacements.extend(answer.displacements);
+            if let Some(Fault::SlowAnswer(d)) = fault {
+                tokio::time::sleep(d).await;
+            }
             Ok(answer.reply.into_response())
         }
     }
