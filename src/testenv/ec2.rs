@@ -2,6 +2,7 @@
 //! one subnet in each of two availability zones, and helpers that launch instances and
 //! allocate Elastic IPs for each test.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -31,7 +32,45 @@ pub struct World {
     pub vpc_id: String,
     pub subnet_a: String,
     pub subnet_c: String,
+    /// Large subnets (a /18 in each zone) for instances that carry many private IPs.
+    pub subnet_a_large: Subnet,
+    pub subnet_c_large: Subnet,
     pub image_id: String,
+}
+
+/// A subnet and its range.
+#[derive(Clone, Debug)]
+pub struct Subnet {
+    pub id: String,
+    pub first: std::net::Ipv4Addr,
+    pub last: std::net::Ipv4Addr,
+}
+
+/// Secondary private IPs handed out so far, per subnet (one moto per test process). moto
+/// picks secondary IPs at random without checking the other interfaces of the subnet, so two
+/// interfaces could share one, which AWS never allows: tests choose them instead, from the
+/// top of the subnet down (moto gives primary IPs from the bottom up).
+static SECONDARIES_TAKEN: std::sync::Mutex<BTreeMap<String, u32>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// `n` secondary IPs of `subnet` no interface has yet.
+fn next_secondaries(subnet: &Subnet, n: u32) -> anyhow::Result<Vec<String>> {
+    let mut taken = SECONDARIES_TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let used = taken.entry(subnet.id.clone()).or_insert(0);
+    // The last address is the broadcast address; the bottom quarter is left to primaries.
+    let top = u32::from(subnet.last) - 1 - *used;
+    let floor = u32::from(subnet.first) + (u32::from(subnet.last) - u32::from(subnet.first)) / 4;
+    let bottom = top
+        .checked_sub(n.saturating_sub(1))
+        .filter(|b| *b > floor)
+        .with_context(|| format!("subnet {} has no {n} more secondary IPs", subnet.id))?;
+    *used += n;
+    Ok((bottom..=top)
+        .rev()
+        .map(|ip| std::net::Ipv4Addr::from(ip).to_string())
+        .collect())
 }
 
 /// One launched instance and its primary network interface.
@@ -135,19 +174,13 @@ impl Moto {
         self.launch_instance_with_ip(az, None).await
     }
 
-    /// Launches one instance in `az` with a chosen primary private IP (e.g. the reference
-    /// scenario's 10.0.0.20 / 10.0.1.20).
-    pub async fn launch_instance_with_ip(
+    async fn launch_in(
         &self,
         az: &str,
+        subnet: &str,
         private_ip: Option<&str>,
     ) -> anyhow::Result<Instance> {
         let client = ec2_client(&self.url).await;
-        let subnet = if az == AZ_C {
-            &self.world.subnet_c
-        } else {
-            &self.world.subnet_a
-        };
         let out = client
             .run_instances()
             .image_id(&self.world.image_id)
@@ -179,6 +212,21 @@ impl Moto {
         })
     }
 
+    /// Launches one instance in `az` with a chosen primary private IP (e.g. the reference
+    /// scenario's 10.0.0.20 / 10.0.1.20).
+    pub async fn launch_instance_with_ip(
+        &self,
+        az: &str,
+        private_ip: Option<&str>,
+    ) -> anyhow::Result<Instance> {
+        let subnet = if az == AZ_C {
+            &self.world.subnet_c
+        } else {
+            &self.world.subnet_a
+        };
+        self.launch_in(az, subnet, private_ip).await
+    }
+
     /// Launches one instance in `az` whose primary interface carries `secondaries` secondary
     /// private IPs besides its primary one. moto 5.2 ignores `SecondaryPrivateIpAddressCount`
     /// in RunInstances, so they are assigned after launch (AssignPrivateIpAddresses, which
@@ -188,15 +236,21 @@ impl Moto {
         az: &str,
         secondaries: i32,
     ) -> anyhow::Result<Instance> {
-        let mut instance = self.launch_instance(az).await?;
         if secondaries == 0 {
-            return Ok(instance);
+            return self.launch_instance(az).await;
         }
+        let subnet = if az == AZ_C {
+            &self.world.subnet_c_large
+        } else {
+            &self.world.subnet_a_large
+        };
+        let mut instance = self.launch_in(az, &subnet.id, None).await?;
+        let ips = next_secondaries(subnet, u32::try_from(secondaries)?)?;
         let client = ec2_client(&self.url).await;
         client
             .assign_private_ip_addresses()
             .network_interface_id(&instance.network_interface_id)
-            .secondary_private_ip_address_count(secondaries)
+            .set_private_ip_addresses(Some(ips))
             .send()
             .await
             .map_err(e("AssignPrivateIpAddresses"))?;
@@ -380,12 +434,39 @@ async fn seed(client: &aws_sdk_ec2::Client) -> anyhow::Result<World> {
         .next()
         .context("moto offers no image")?
         .to_string();
+    let mut large = Vec::new();
+    for (az, first, last) in [
+        (AZ_A, "10.0.64.0", "10.0.127.255"),
+        (AZ_C, "10.0.128.0", "10.0.191.255"),
+    ] {
+        let s = client
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .availability_zone(az)
+            .cidr_block(format!("{first}/18"))
+            .send()
+            .await
+            .map_err(e("CreateSubnet"))?;
+        large.push(Subnet {
+            id: s
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .context("no subnet id")?
+                .to_string(),
+            first: first.parse()?,
+            last: last.parse()?,
+        });
+    }
+    let subnet_c_large = large.pop().context("large subnet c")?;
+    let subnet_a_large = large.pop().context("large subnet a")?;
     let subnet_c = subnets.pop().context("subnet c")?;
     let subnet_a = subnets.pop().context("subnet a")?;
     Ok(World {
         vpc_id,
         subnet_a,
         subnet_c,
+        subnet_a_large,
+        subnet_c_large,
         image_id,
     })
 }
