@@ -176,10 +176,12 @@ impl Scenario {
         for r in self.proxy.requests() {
             if r.action.ends_with("Address") && r.action != "DescribeAddresses" {
                 out.push_str(&format!(
-                    "  {:?} ago {} {:?} fault {:?} status {}\n",
+                    "  {:?} ago {} {:?} {:?} {:?} fault {:?} status {}\n",
                     r.at.elapsed(),
                     r.action,
+                    r.params.get("AllocationId"),
                     r.params.get("NetworkInterfaceId"),
+                    r.params.get("PrivateIpAddress"),
                     r.fault,
                     r.status
                 ));
@@ -1005,7 +1007,9 @@ async fn fifty_addresses_over_five_nodes_fail_over_with_constant_describe_calls(
             http_port: None,
         })
         .collect();
-    let mut s = Scenario::new("scale", nodes).await?;
+    // Ten addresses prefer each node, and a survivor takes ten more: 20 private IPs each
+    // (one Elastic IP per private IP, as on AWS).
+    let mut s = Scenario::build("scale", nodes, 19).await?;
     s.run().await?;
     let mut eips = Vec::new();
     for i in 0..50 {
@@ -1069,11 +1073,53 @@ async fn fifty_addresses_over_five_nodes_fail_over_with_constant_describe_calls(
 
     // Node 0 dies: its 10 addresses move to their next candidate (node 1).
     s.nodes[0].stop();
-    all_active(Box::new(|i| if i % 5 == 0 { 1 } else { i % 5 })).await?;
+    if let Err(e) = all_active(Box::new(|i| if i % 5 == 0 { 1 } else { i % 5 })).await {
+        let mut out = String::new();
+        for f in s.api.list(&ListParams::default()).await?.items {
+            let st = f.status.unwrap_or_default();
+            if !(0..5).any(|n| active_on(&st, s.node(n)))
+                || f.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with('0') || n.ends_with('5'))
+            {
+                out.push_str(&format!(
+                    "{}: phase {:?} holder {:?} conditions {:?}\n",
+                    f.metadata.name.unwrap_or_default(),
+                    st.phase,
+                    st.holder,
+                    st.conditions
+                        .iter()
+                        .map(|c| (&c.type_, &c.reason, &c.message))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        anyhow::bail!("{e:#}\n{out}\n{}", s.diagnostics().await);
+    }
     assert_eq!(
         s.proxy.count("AssociateAddress"),
         10,
         "exactly the dead node's addresses were remapped"
+    );
+    assert_eq!(
+        s.proxy.displacements().len(),
+        0,
+        "{:?}",
+        s.proxy.displacements()
+    );
+    let mut slots = Vec::new();
+    for eip in &eips {
+        let t = s.moto.true_association(&eip.allocation_id).await?;
+        slots.push(t.map(|t| (t.network_interface_id, t.private_ip)));
+    }
+    let mut distinct = slots.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        50,
+        "50 addresses on 50 private IPs: {slots:?}"
     );
     Ok(())
 }
@@ -1355,7 +1401,10 @@ async fn eventual_consistency_longer_than_the_monitor_timeout_is_no_drift_and_no
 #[tokio::test]
 async fn an_associate_whose_answer_times_out_is_read_back_not_resent() -> anyhow::Result<()> {
     let mut s = Scenario::new("slow-answer", two_azs()).await?;
-    // The associate happens at once in EC2; its answer arrives after the attempt timeout.
+    // The associate happens at once in EC2; its answer arrives after the attempt timeout, and
+    // DescribeAddresses shows it only 1.5 s later: a read-back right after the timeout still
+    // sees the old state, which is no reason to resend yet.
+    s.proxy.set_consistency_lag(Duration::from_millis(1500));
     s.proxy.inject(FaultRule::times(
         "AssociateAddress",
         1,
