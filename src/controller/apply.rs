@@ -359,6 +359,10 @@ async fn act(
     Some(outcome)
 }
 
+/// How long after an AssociateAddress with an unknown outcome it is only read back, not
+/// resent: longer than the usual lag of DescribeAddresses behind a change.
+const UNKNOWN_ASSOCIATE_SETTLE: Duration = Duration::from_secs(2);
+
 /// AssociateAddress, then its confirmation. After a failed pass (an associate that timed out
 /// may still have happened) it reads the outcome back before repeating it: the snapshot may
 /// predate it, and a resend is a second (charged) remap.
@@ -378,16 +382,39 @@ async fn associate(
         current.allocation_id.as_str(),
         target.network_interface_id.as_str(),
     );
-    let retrying = ctx.remember(k, |m| m.failed_attempts > 0);
+    let unknown_since = ctx.remember(k, |m| {
+        m.unknown_associate
+            .as_ref()
+            .filter(|(t, _)| t == target)
+            .map(|(_, at)| *at)
+    });
+    let retrying = unknown_since.is_some() || ctx.remember(k, |m| m.failed_attempts > 0);
     let sent = if retrying && already_on(ctx, allocation_id, target).await {
         None
+    } else if unknown_since.is_some_and(|at| at.elapsed() < UNKNOWN_ASSOCIATE_SETTLE) {
+        // The attempt whose answer was lost may still show up (eventual consistency): a
+        // resend now would likely be a second, charged remap to the same place.
+        return Err(Ec2Error::Unknown {
+            operation: "AssociateAddress",
+            reason: "the previous attempt's outcome is not visible yet; reading it back before resending".into(),
+            throttled: false,
+        });
     } else {
-        Some(
-            ctx.ec2
-                .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
-                .await?,
-        )
+        let sent = ctx
+            .ec2
+            .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
+            .await;
+        if let Err(e) = &sent
+            && e.is_unknown()
+            && !matches!(e, Ec2Error::NotSent { .. })
+        {
+            ctx.remember(k, |m| {
+                m.unknown_associate = Some((target.clone(), Instant::now()))
+            });
+        }
+        Some(sent?)
     };
+    ctx.remember(k, |m| m.unknown_associate = None);
     match (
         confirm(ctx, allocation_id, target, confirm_timeout).await,
         sent,

@@ -108,6 +108,10 @@ pub(super) struct AddressMemory {
     /// (last read, reads) in a row that showed the address off its confirmed holder: drift
     /// counts from the second (see `observe::second_look`).
     pub(super) off_target: Option<(u64, u32)>,
+    /// An AssociateAddress to this target whose outcome is unknown (timed out), and when: it
+    /// may have happened, so it is read back, and not resent while EC2 may still be catching
+    /// up (see `apply::associate`).
+    pub(super) unknown_associate: Option<(Target, Instant)>,
 }
 
 #[derive(Clone, Debug)]
