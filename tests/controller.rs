@@ -1355,6 +1355,27 @@ async fn an_edited_private_ip_of_the_holder_moves_the_address_without_a_failure(
         2,
         "created, then moved once"
     );
+
+    // A restarted controller keeps the address on the recorded private IP: no remap.
+    if let Some(mut c) = s.controller.take() {
+        c.shutdown().await;
+    }
+    s.run().await?;
+    s.wait_monitor_passes(5).await?;
+    let st = s.api.get("web").await?.status.unwrap_or_default();
+    assert!(active_on(&st, s.node(0)), "{st:?}");
+    assert_eq!(
+        s.moto
+            .true_association(&s.eip.allocation_id)
+            .await?
+            .map(|t| t.private_ip),
+        Some(secondary.clone())
+    );
+    assert_eq!(
+        s.proxy.count("AssociateAddress"),
+        2,
+        "no remap after a restart"
+    );
     Ok(())
 }
 

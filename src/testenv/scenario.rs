@@ -64,6 +64,9 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// Secondary private IPs on every scenario node's interface.
+pub const SECONDARY_IPS: i32 = 3;
+
 impl Scenario {
     /// A scenario on the shared control plane with one node per entry of `azs`.
     pub async fn new(name: &str, azs: &[&str]) -> anyhow::Result<Self> {
@@ -104,7 +107,9 @@ impl Scenario {
         Ok(s)
     }
 
-    /// Launches an instance in `az` and starts a simulated node for it (heartbeat every
+    /// Launches an instance in `az` (its interface with [`SECONDARY_IPS`] secondary private
+    /// IPs: one Elastic IP per private IP, so a node holds at most that many plus one) and
+    /// starts a simulated node for it (heartbeat every
     /// 300 ms unless `tweak` changes the options). Returns its index.
     pub async fn add_node(
         &mut self,
@@ -112,7 +117,10 @@ impl Scenario {
         tweak: impl FnOnce(&mut NodeOptions),
     ) -> anyhow::Result<usize> {
         let i = self.nodes.len();
-        let instance = self.moto.launch_instance(az).await?;
+        let instance = self
+            .moto
+            .launch_instance_with_secondaries(az, SECONDARY_IPS)
+            .await?;
         let mut opts = NodeOptions::new(&format!("{}-n{i}", self.ns), az, &instance.instance_id);
         opts.heartbeat_interval = Duration::from_millis(300);
         tweak(&mut opts);
