@@ -1128,9 +1128,11 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
 
     // --- EC2 and nodes --------------------------------------------------------------------
     let proxy = FaultProxy::start(moto.url()).await?;
+    // Three addresses over two nodes: each node's interface needs three private IPs to carry
+    // them all (one Elastic IP per private IP, as on AWS).
     let (inst_a, inst_b): (Instance, Instance) = (
-        moto.launch_instance(AZ_A).await?,
-        moto.launch_instance(AZ_C).await?,
+        moto.launch_instance_with_secondaries(AZ_A, 2).await?,
+        moto.launch_instance_with_secondaries(AZ_C, 2).await?,
     );
     let mut nodes = Vec::new();
     for (suffix, az, inst) in [("a", AZ_A, &inst_a), ("b", AZ_C, &inst_b)] {
