@@ -396,6 +396,73 @@ mod tests {
     }
 
     #[test]
+    fn cli_table_cuts_long_cells_and_flattens_control_characters() {
+        // 300 two-byte characters: the cut lands between characters, never inside one.
+        let long = "é".repeat(300);
+        let t = render_table(
+            &["A", "B"],
+            &[vec![long.as_str(), "y"], vec!["a\nb\tc", "z"]],
+        );
+        let cut = format!("{}…", "é".repeat(255));
+        assert_eq!(
+            t,
+            format!(
+                "A{}   B\n{cut}   y\na b c{}   z\n",
+                " ".repeat(255),
+                " ".repeat(251)
+            )
+        );
+        // A cell of exactly the maximum is kept whole.
+        let full = "x".repeat(256);
+        let t = render_table(&["A"], &[vec![full.as_str()]]);
+        assert_eq!(t, format!("A\n{full}\n"));
+    }
+
+    #[test]
+    fn cli_renders_huge_status_fields_cut_and_without_panicking() {
+        // lastFailureReason once reached 66,685 characters; a width above u16::MAX made
+        // `render_table` panic ("Formatting argument out of range").
+        let now = ts("2030-01-01T00:10:00Z");
+        let node = "n".repeat(70_000);
+        let reason = "é".repeat(70_000);
+        let message = "m".repeat(70_000);
+        let f = feip(
+            json!({
+                "allocationId": "eipalloc-0123456789abcdef0",
+                "candidates": [{"node": node}],
+                "bans": [{"node": node}],
+                "pin": {"node": node},
+            }),
+            Some(json!({
+                "phase": "Failing",
+                "holder": {"node": node, "instanceId": message},
+                "address": {"publicIp": message},
+                "lastFailover": {"from": node, "to": node, "reason": reason},
+                "conditions": [{"type": "Ready", "status": "False", "reason": message, "message": message, "lastTransitionTime": "2030-01-01T00:00:00Z"}],
+                "nodes": [{"node": node, "failureCount": 3, "lastFailureReason": reason, "banned": true}],
+            })),
+        );
+        let table = render_table(&STATUS_HEADERS, &[status_row(&f, now)]);
+        let details = describe(&f, now);
+        for text in [&table, &details] {
+            for line in text.lines() {
+                let n = line.chars().count();
+                assert!(n <= 2_000, "a line of {n} characters");
+            }
+        }
+        assert!(table.contains(&format!("{}…", "n".repeat(255))), "{table}");
+        assert!(
+            details.contains(&format!("{}…", "é".repeat(255))),
+            "{details}"
+        );
+        assert!(
+            details.contains(&format!("{}…", "m".repeat(255))),
+            "{details}"
+        );
+        assert!(details.contains("Holder:         nnnn"), "{details}");
+    }
+
+    #[test]
     fn cli_status_row_and_bans() {
         let now = ts("2030-01-01T00:00:00Z");
         let f = feip(
