@@ -26,29 +26,65 @@ pub const STATUS_HEADERS: [&str; 8] = [
     "BANS",
 ];
 
-/// A kubectl-style table: columns padded to their widest cell, three spaces apart.
+/// The widest a table cell is printed, in characters: a longer cell is cut and ends in `…`.
+/// Padding is written by hand, so no width can reach the formatter's limit (`u16::MAX`, a
+/// panic), whatever a status holds: the controller bounds what it writes, but anyone with
+/// access to the status subresource can write anything.
+pub const MAX_CELL_CHARS: usize = 256;
+
+/// The widest a `describe` field value is printed, in characters (cut like a cell).
+pub const MAX_FIELD_CHARS: usize = 1024;
+
+/// `text` on one line (control characters, newlines included, as spaces), cut to at most
+/// `max` characters, the last being `…` when it was cut.
+fn cut(text: &str, max: usize) -> String {
+    let one_line = |c: char| if c.is_control() { ' ' } else { c };
+    if text.chars().nth(max).is_none() {
+        return text.chars().map(one_line).collect();
+    }
+    let mut s: String = text
+        .chars()
+        .take(max.saturating_sub(1))
+        .map(one_line)
+        .collect();
+    s.push('…');
+    s
+}
+
+/// A kubectl-style table: columns padded to their widest cell, three spaces apart; cells
+/// cut to [`MAX_CELL_CHARS`].
 pub fn render_table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
+    let cut_line = |line: &mut dyn Iterator<Item = &str>| -> Vec<(String, usize)> {
+        line.map(|c| cut(c, MAX_CELL_CHARS))
+            .map(|c| {
+                let n = c.chars().count();
+                (c, n)
+            })
+            .collect()
+    };
+    let mut lines = vec![cut_line(&mut headers.iter().copied())];
+    lines.extend(
+        rows.iter()
+            .map(|r| cut_line(&mut r.iter().map(AsRef::as_ref))),
+    );
+    let mut widths: Vec<usize> = lines[0].iter().map(|(_, n)| *n).collect();
+    for line in &lines[1..] {
+        for (i, (_, n)) in line.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.as_ref().chars().count());
+                *w = (*w).max(*n);
             }
         }
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
+    for line in lines {
         let mut l = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let w = widths.get(i).copied().unwrap_or(0);
-            let _ = write!(l, "{cell:<w$}   ");
+        for (i, (cell, n)) in line.iter().enumerate() {
+            l.push_str(cell);
+            let pad = widths.get(i).map_or(0, |w| w.saturating_sub(*n)) + 3;
+            l.extend(std::iter::repeat_n(' ', pad));
         }
         out.push_str(l.trim_end());
         out.push('\n');
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(AsRef::as_ref).collect());
     }
     out
 }
@@ -158,7 +194,7 @@ pub fn describe(f: &FloatingElasticIP, now: Timestamp) -> String {
     let spec = &f.spec;
     let mut out = String::new();
     let mut field = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
+        let _ = writeln!(out, "{:<16}{}", format!("{k}:"), cut(&v, MAX_FIELD_CHARS));
     };
     field("Elastic IP", elastic_ip_text(spec, &st));
     field("Candidates", candidates_text(spec));
@@ -393,6 +429,73 @@ mod tests {
     fn cli_table_is_aligned() {
         let t = render_table(&["A", "LONGER"], &[vec!["xxxx", "1"], vec!["y", "22"]]);
         assert_eq!(t, "A      LONGER\nxxxx   1\ny      22\n");
+    }
+
+    #[test]
+    fn cli_table_cuts_long_cells_and_flattens_control_characters() {
+        // 300 two-byte characters: the cut lands between characters, never inside one.
+        let long = "é".repeat(300);
+        let t = render_table(
+            &["A", "B"],
+            &[vec![long.as_str(), "y"], vec!["a\nb\tc", "z"]],
+        );
+        let cut = format!("{}…", "é".repeat(255));
+        assert_eq!(
+            t,
+            format!(
+                "A{}   B\n{cut}   y\na b c{}   z\n",
+                " ".repeat(255),
+                " ".repeat(251)
+            )
+        );
+        // A cell of exactly the maximum is kept whole.
+        let full = "x".repeat(256);
+        let t = render_table(&["A"], &[vec![full.as_str()]]);
+        assert_eq!(t, format!("A\n{full}\n"));
+    }
+
+    #[test]
+    fn cli_renders_huge_status_fields_cut_and_without_panicking() {
+        // lastFailureReason once reached 66,685 characters; a width above u16::MAX made
+        // `render_table` panic ("Formatting argument out of range").
+        let now = ts("2030-01-01T00:10:00Z");
+        let node = "n".repeat(70_000);
+        let reason = "é".repeat(70_000);
+        let message = "m".repeat(70_000);
+        let f = feip(
+            json!({
+                "allocationId": "eipalloc-0123456789abcdef0",
+                "candidates": [{"node": node}],
+                "bans": [{"node": node}],
+                "pin": {"node": node},
+            }),
+            Some(json!({
+                "phase": "Failing",
+                "holder": {"node": node, "instanceId": message},
+                "address": {"publicIp": message},
+                "lastFailover": {"from": node, "to": node, "reason": reason},
+                "conditions": [{"type": "Ready", "status": "False", "reason": message, "message": message, "lastTransitionTime": "2030-01-01T00:00:00Z"}],
+                "nodes": [{"node": node, "failureCount": 3, "lastFailureReason": reason, "banned": true}],
+            })),
+        );
+        let table = render_table(&STATUS_HEADERS, &[status_row(&f, now)]);
+        let details = describe(&f, now);
+        for text in [&table, &details] {
+            for line in text.lines() {
+                let n = line.chars().count();
+                assert!(n <= 2_000, "a line of {n} characters");
+            }
+        }
+        assert!(table.contains(&format!("{}…", "n".repeat(255))), "{table}");
+        assert!(
+            details.contains(&format!("{}…", "é".repeat(255))),
+            "{details}"
+        );
+        assert!(
+            details.contains(&format!("{}…", "m".repeat(255))),
+            "{details}"
+        );
+        assert!(details.contains("Holder:         nnnn"), "{details}");
     }
 
     #[test]

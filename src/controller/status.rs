@@ -17,6 +17,49 @@ use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth, P
 use super::observe::CandidateFacts;
 use super::spec::ResolvedSpec;
 
+/// The most a condition message holds, in bytes of UTF-8 (docs/semantics.md, "Status
+/// size"). Kubernetes sets no limit on `Condition.message`, but the whole object must fit
+/// etcd's 1.5 MiB, and messages are built from EC2 error text and lists of candidates.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// The most a `status.nodes[].lastFailureReason` holds, in bytes ("Kind: " included).
+pub(crate) const MAX_FAILURE_REASON_BYTES: usize = 512;
+
+/// The most records `status.nodes` holds. Records are not pruned when a node stops being a
+/// candidate (they end at `failureTimeout` or on cleanup), so nodes replaced under a
+/// `nodeSelector` would otherwise pile up; past the limit the newest bans are kept.
+pub(crate) const MAX_NODE_RECORDS: usize = 128;
+
+/// The longest node name (a DNS subdomain). A longer name cannot be a node: written into the
+/// status by hand, its record is dropped, and a holder name is cut.
+pub(crate) const MAX_NODE_NAME_BYTES: usize = 253;
+
+/// What every free-text field ends with when it was cut.
+pub(crate) const CUT_MARKER: &str = "…";
+
+/// `text` cut to at most `max` bytes on a char boundary, ending in [`CUT_MARKER`] when cut.
+/// Text already within `max` is returned unchanged, so a cut field read back from the
+/// status and written again stays the same (no status write on every pass).
+pub(crate) fn bounded(text: impl Into<String>, max: usize) -> String {
+    let mut text = text.into();
+    if text.len() <= max {
+        return text;
+    }
+    // No room for the marker (a `max` below 3 bytes): cut without it.
+    let marker = if max < CUT_MARKER.len() {
+        ""
+    } else {
+        CUT_MARKER
+    };
+    let mut end = max - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(marker);
+    text
+}
+
 /// The conditions of one status, in the order they are set. A condition keeps its old
 /// `lastTransitionTime` while its status is unchanged (an old condition of the same type
 /// with the same status), and takes `now` when it is new or flips.
@@ -41,7 +84,7 @@ impl<'a> Conditions<'a> {
         }
     }
 
-    /// Sets `type_` to `True` (`ok`) or `False`.
+    /// Sets `type_` to `True` (`ok`) or `False`; the message is cut to [`MAX_MESSAGE_BYTES`].
     pub(super) fn set(
         &mut self,
         type_: ConditionType,
@@ -59,7 +102,7 @@ impl<'a> Conditions<'a> {
             type_: type_.into(),
             status: status.into(),
             reason: reason.into(),
-            message: message.into(),
+            message: bounded(message, MAX_MESSAGE_BYTES),
             observed_generation: self.observed_generation,
             last_transition_time,
         });
@@ -129,6 +172,9 @@ pub(super) fn blocked_release_status(
     status
         .conditions
         .retain(|c| c.type_ != ConditionType::Blocked.as_str());
+    for c in &mut status.conditions {
+        c.message = bounded(std::mem::take(&mut c.message), MAX_MESSAGE_BYTES);
+    }
     let mut blocked = Conditions::new(&[], f.metadata.generation, now);
     blocked.set(
         ConditionType::Blocked,
@@ -174,7 +220,12 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         nodes: node_records(i.failures, &i.spec.policy),
         conditions: conditions(&i, phase),
         failover_count: i.failover_count,
-        last_failover: i.last_failover,
+        last_failover: i.last_failover.map(|r| FailoverRecord {
+            from: r.from.map(|n| bounded(n, MAX_NODE_NAME_BYTES)),
+            to: bounded(r.to, MAX_NODE_NAME_BYTES),
+            reason: bounded(r.reason, MAX_FAILURE_REASON_BYTES),
+            ..r
+        }),
         last_cleanup_request_id: i.cleanup_done,
         observed_generation: i.f.metadata.generation,
     }
@@ -432,7 +483,7 @@ fn holder_status(i: &StatusInputs<'_>, old: Option<&HolderStatus>) -> Option<Hol
             .and_then(|o| o.since.clone())
             .unwrap_or(Time(i.now));
         HolderStatus {
-            node: h.to_string(),
+            node: bounded(h, MAX_NODE_NAME_BYTES),
             instance_id: t
                 .map(|t| t.instance_id.clone())
                 .or_else(|| g.and_then(|g| g.instance_id.clone())),
@@ -464,10 +515,12 @@ fn address_status(i: &StatusInputs<'_>, old: Option<&AddressStatus>) -> Option<A
 }
 
 /// `status.nodes`: one record per node with failures; banned at the migration threshold,
-/// until `failureTimeout` after the last failure when there is one.
+/// until `failureTimeout` after the last failure when there is one. At most
+/// [`MAX_NODE_RECORDS`]: banned records first, then the latest failures; in name order.
 fn node_records(failures: &BTreeMap<String, FailureRecord>, policy: &Policy) -> Vec<NodeRecord> {
-    failures
+    let mut records: Vec<NodeRecord> = failures
         .iter()
+        .filter(|(node, _)| node.len() <= MAX_NODE_NAME_BYTES)
         .map(|(node, rec)| {
             let banned = rec.count >= policy.migration_threshold;
             let banned_until = policy
@@ -480,10 +533,21 @@ fn node_records(failures: &BTreeMap<String, FailureRecord>, policy: &Policy) -> 
                 node: node.clone(),
                 failure_count: rec.count as i32,
                 last_failure: Some(Time(rec.last_failure)),
-                last_failure_reason: Some(format!("{}: {}", rec.kind.as_str(), rec.reason)),
+                last_failure_reason: Some(bounded(
+                    format!("{}: {}", rec.kind.as_str(), rec.reason),
+                    MAX_FAILURE_REASON_BYTES,
+                )),
                 banned,
                 banned_until,
             }
         })
-        .collect()
+        .collect();
+    if records.len() > MAX_NODE_RECORDS {
+        records.sort_by(|a, b| {
+            (b.banned, &b.last_failure, &a.node).cmp(&(a.banned, &a.last_failure, &b.node))
+        });
+        records.truncate(MAX_NODE_RECORDS);
+        records.sort_by(|a, b| a.node.cmp(&b.node));
+    }
+    records
 }

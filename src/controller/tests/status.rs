@@ -5,10 +5,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::aws::Ec2Error;
 use crate::crd::{FailoverRecord, FloatingElasticIPStatus, Phase};
-use crate::decide::{Eligibility, FailureKind, Finding, NodeHealth};
+use crate::decide::{Eligibility, FailureKind, FailureRecord, Finding, NodeHealth};
 
-use super::super::status::conflict_status;
+use super::super::observe::failures_from_status;
+use super::super::status::{
+    CUT_MARKER, MAX_FAILURE_REASON_BYTES, MAX_MESSAGE_BYTES, MAX_NODE_NAME_BYTES, MAX_NODE_RECORDS,
+    bounded, conflict_status,
+};
 use super::fixtures::*;
 
 /// One expected condition: type, status, reason, substrings of the message.
@@ -950,4 +955,233 @@ fn conflict_status_names_the_owner_and_keeps_counters() {
         &["the Elastic IP 203.0.113.10 is also claimed"],
     );
     assert_eq!(st.failover_count, 0);
+}
+
+/// `status::bounded`: cut on a char boundary, the marker included in the bound.
+#[test]
+fn bounded_cuts_free_text_on_char_boundaries_with_a_marker() {
+    let rows: Vec<(&str, &str, usize, &str)> = vec![
+        ("empty", "", 8, ""),
+        ("exactly the bound: unchanged", "abcdefgh", 8, "abcdefgh"),
+        ("one byte over", "abcdefghi", 8, "abcde…"),
+        // 2-byte characters: the cut at byte 5 falls inside the third one.
+        ("two-byte chars", "ééééé", 8, "éé…"),
+        ("three-byte chars", "€€€", 8, "€…"),
+        ("four-byte chars fitting exactly", "😀😀", 8, "😀😀"),
+        ("four-byte chars", "😀😀😀", 8, "😀…"),
+        ("a four-byte char straddling the cut", "ab😀😀", 8, "ab…"),
+        ("no room for the marker", "abcdef", 2, "ab"),
+        ("no room, multi-byte", "éé", 3, "…"),
+        ("zero bound", "abc", 0, ""),
+    ];
+    let mut failed = Vec::new();
+    for (name, input, max, expected) in rows {
+        let got = bounded(input, max);
+        if got != expected || got.len() > max {
+            failed.push(format!("{name}: {got:?}, expected {expected:?}"));
+        }
+        // Bounded text is a fixed point: read back and written again, it does not change.
+        if bounded(got.clone(), max) != got {
+            failed.push(format!("{name}: not a fixed point"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Free text from EC2 or from the health verdict: every condition message within
+/// `MAX_MESSAGE_BYTES`, cut with the marker, the start kept.
+#[test]
+fn condition_messages_are_bounded() {
+    // "x" first: the cut falls inside a 2-byte character.
+    let huge = format!("x{}", "é".repeat(50_000));
+    let ec2 = Ec2Error::Definite {
+        operation: "AssociateAddress",
+        code: "UnauthorizedOperation".into(),
+        message: huge.clone(),
+    };
+    let st = StatusCase {
+        gathered: vec![gathered("a", dead(&huge), Eligibility::Eligible)],
+        holder_healthy: false,
+        action_error: Some(ec2),
+        blocked: Some(&huge).cloned(),
+        ..StatusCase::active()
+    }
+    .run();
+    for c in &st.conditions {
+        assert!(
+            c.message.len() <= MAX_MESSAGE_BYTES,
+            "{}: {}",
+            c.type_,
+            c.message.len()
+        );
+    }
+    for type_ in ["HolderHealthy", "Degraded", "Blocked", "Ready"] {
+        let m = &cond(&st, type_).message;
+        assert!(
+            m.ends_with(CUT_MARKER) && m.len() > MAX_MESSAGE_BYTES - 8,
+            "{type_}: {m}"
+        );
+    }
+    assert!(cond(&st, "HolderHealthy").message.starts_with("xéé"));
+    assert!(
+        cond(&st, "Degraded")
+            .message
+            .starts_with("AssociateAddress failed: UnauthorizedOperation: xé")
+    );
+
+    // A list of candidates' reasons (NoEligibleCandidate's `why`, unresolvable candidates).
+    let why = (0..10_000)
+        .map(|n| format!("node-{n}: instance not found in EC2"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let st = StatusCase::no_holder(vec![Finding::NoEligibleCandidate { why }]).run();
+    let m = &cond(&st, "Degraded").message;
+    assert!(
+        m.len() <= MAX_MESSAGE_BYTES && m.ends_with(CUT_MARKER),
+        "{m}"
+    );
+    let many: Vec<_> = (0..10_000)
+        .map(|n| {
+            gathered(
+                &format!("node-{n}"),
+                NodeHealth::Healthy,
+                unresolvable(&huge),
+            )
+        })
+        .collect();
+    let st = StatusCase {
+        gathered: [vec![healthy("a")], many].concat(),
+        ..StatusCase::active()
+    }
+    .run();
+    let c = cond(&st, "Degraded");
+    assert_eq!(c.reason, "CandidateUnresolvable");
+    assert!(c.message.len() <= MAX_MESSAGE_BYTES && c.message.starts_with("node-0: xé"));
+}
+
+/// A huge `lastFailureReason` is cut once, and the cut record read back
+/// (`failures_from_status`) and written again is unchanged: no status write on every pass.
+#[test]
+fn cut_failure_reason_is_stable_across_passes() {
+    let failures = BTreeMap::from([(
+        "a".to_string(),
+        failure(1, ts(-5), FailureKind::AssociateFailed, &"é".repeat(50_000)),
+    )]);
+    let first = StatusCase {
+        failures,
+        ..StatusCase::active()
+    }
+    .run();
+    let reason = first.nodes[0].last_failure_reason.clone().expect("reason");
+    assert!(reason.len() <= MAX_FAILURE_REASON_BYTES, "{}", reason.len());
+    assert!(reason.starts_with("AssociateFailed: éé") && reason.ends_with(CUT_MARKER));
+    let mut f = feip(spec(serde_json::json!({})));
+    f.status = Some(first.clone());
+    let second = StatusCase {
+        failures: failures_from_status(&first),
+        f,
+        ..StatusCase::active()
+    }
+    .run();
+    assert_eq!(second.nodes, first.nodes);
+}
+
+/// Past `MAX_NODE_RECORDS`, banned records are kept first, then the latest failures; names
+/// longer than a node name can be are dropped.
+#[test]
+fn node_records_past_the_limit_keep_bans_then_latest_failures() {
+    let mut failures = BTreeMap::new();
+    for n in 0..10 {
+        // Banned (threshold 3), and the oldest failures of all.
+        failures.insert(
+            format!("banned-{n}"),
+            failure(3, ts(-10_000 - n), FailureKind::Drift, "drift"),
+        );
+    }
+    for n in 0..300 {
+        failures.insert(
+            format!("node-{n:03}"),
+            failure(1, ts(-(n as i64)), FailureKind::Drift, "drift"),
+        );
+    }
+    failures.insert(
+        "n".repeat(254),
+        failure(3, ts(0), FailureKind::Drift, "not a node name"),
+    );
+    let st = StatusCase {
+        f: feip(spec(serde_json::json!({"migrationThreshold": 3}))),
+        failures,
+        ..StatusCase::active()
+    }
+    .run();
+    let names: Vec<&str> = st.nodes.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(names.len(), MAX_NODE_RECORDS);
+    let newest = MAX_NODE_RECORDS - 10;
+    let mut expected: Vec<String> = (0..10).map(|n| format!("banned-{n}")).collect();
+    expected.extend((0..newest).map(|n| format!("node-{n:03}")));
+    assert_eq!(
+        names, expected,
+        "bans, then the latest failures, in name order"
+    );
+}
+
+/// The whole status of a pathological input, JSON-encoded, stays under 512 KiB (a third of
+/// etcd's 1.5 MiB object limit): 10,000 failed candidates with 253-byte names and 2 KB
+/// reasons, 10,000 unresolvable candidates, a 100 KB EC2 error, a 100 KB health reason, all
+/// of characters JSON escapes to two or six bytes.
+#[test]
+fn status_of_pathological_input_stays_under_512_kib() {
+    const BOUND: usize = 512 * 1024;
+    let escaped = "\u{1}\"\\".repeat(34_000); // ~100 KB; JSON-encoded, ~330 KB
+    let reason = &escaped[..2_000];
+    let failures: BTreeMap<String, FailureRecord> = (0..10_000)
+        .map(|n| {
+            let node = format!("{n:05}{}", "n".repeat(248));
+            (
+                node,
+                failure(5, ts(-n), FailureKind::AssociateFailed, reason),
+            )
+        })
+        .collect();
+    let others: Vec<_> = (0..10_000)
+        .map(|n| gathered(&format!("c-{n}"), dead(reason), unresolvable(reason)))
+        .collect();
+    let holder = "h".repeat(100_000);
+    let st = StatusCase {
+        gathered: [
+            vec![gathered(&holder, dead(&escaped), Eligibility::Eligible)],
+            others,
+        ]
+        .concat(),
+        holder: Some(holder),
+        holder_healthy: false,
+        failures,
+        action_error: Some(Ec2Error::Definite {
+            operation: "AssociateAddress",
+            code: escaped.clone(),
+            message: escaped.clone(),
+        }),
+        blocked: Some(escaped.clone()),
+        last_failover: Some(FailoverRecord {
+            from: Some("f".repeat(100_000)),
+            to: "t".repeat(100_000),
+            reason: escaped.clone(),
+            ..Default::default()
+        }),
+        ..StatusCase::active()
+    }
+    .run();
+    let size = serde_json::to_vec(&st).expect("json").len();
+    assert!(size < BOUND, "status is {size} bytes");
+    assert_eq!(st.nodes.len(), MAX_NODE_RECORDS);
+    assert!(
+        st.holder
+            .as_ref()
+            .is_some_and(|h| h.node.len() <= MAX_NODE_NAME_BYTES)
+    );
+    // Not vacuous: unbounded, this status would be about 70 MB of JSON.
+    assert!(
+        size > 100 * 1024,
+        "status is only {size} bytes: input not pathological"
+    );
 }
