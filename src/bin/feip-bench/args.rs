@@ -61,7 +61,8 @@ const USAGE: &str = "feip-bench [--smoke] [--feips N] [--nodes N] [--mass N] [--
 
 Benchmarks feip against the real local environment with the `feip` binary next to this one
 (build both with `cargo build --release --features testenv --bins`; hack/bench.sh does).
-Defaults: 1000 addresses over 200 nodes, 100 on the node killed in the mass failover,
+Defaults: 1000 addresses over 200 nodes, 100 on the node killed in the mass failover (all
+with node 1 as second candidate), each node with one private IP per address that lists it,
 20 trials per detection mode, 60 s baseline, 300 s steady state, 60 s after the restart.
 The controller runs with FEIP_EC2_TIMEOUT 5 s (moto is slow at 1,000 addresses; the default
 is 2 s) and a leadership safety margin of twice that plus 1 s; everything else is default.
