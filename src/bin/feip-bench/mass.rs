@@ -31,6 +31,9 @@ pub struct MassReport {
     pub detected_after: f64,
     pub all_confirmed_after: f64,
     pub confirmed_after_detection: Stats,
+    /// When the proxy received each AssociateAddress, after detection: the controller's pacing
+    /// (its client bucket: 48 at once, then 5/s), apart from how fast the test EC2 answers.
+    pub associate_received_after_detection: Stats,
     pub budget_bound_after_detection: f64,
     pub associate_calls: usize,
     /// `FaultProxy::displacements()` during the failover (must be 0).
@@ -91,6 +94,11 @@ async fn mass_failover(
     let detected = dead_logged_at(ctl, &ip, injected).unwrap_or(injected);
     let last = confirmed_at.iter().copied().max().unwrap_or(injected);
     let associate_calls = ec2_calls.get("AssociateAddress").copied().unwrap_or(0);
+    let associate_received: Vec<f64> = records
+        .iter()
+        .filter(|r| r.action == "AssociateAddress")
+        .map(|r| secs(env.clock.wall(r.at), detected))
+        .collect();
     victim.sim.resume().await?;
     let report = MassReport {
         addresses: mass,
@@ -106,6 +114,7 @@ async fn mass_failover(
                 .map(|t| secs(*t, detected))
                 .collect::<Vec<_>>(),
         ),
+        associate_received_after_detection: stats(&associate_received),
         // EC2's mutating bucket: burst 50, then 5/s.
         budget_bound_after_detection: (mass.saturating_sub(50)) as f64 / 5.0,
         associate_calls,
@@ -212,6 +221,11 @@ pub async fn mass_phase(
     print_stats(
         "confirmed after detection",
         &m.confirmed_after_detection,
+        false,
+    );
+    print_stats(
+        "AssociateAddress received after detection",
+        &m.associate_received_after_detection,
         false,
     );
     report.mass = Some(m);

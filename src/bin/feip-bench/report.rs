@@ -74,6 +74,13 @@ pub fn machine(env: &Env, args: &Args) -> BTreeMap<String, String> {
         ),
     );
     m.insert(
+        "test EC2".into(),
+        format!(
+            "AWS rules on, DescribeAddresses consistency lag {} ms",
+            args.consistency_lag.as_millis()
+        ),
+    );
+    m.insert(
         "size".into(),
         format!(
             "{} addresses, {} nodes, mass {}, {} trials/mode, heartbeat trials {}ms/{}ms",

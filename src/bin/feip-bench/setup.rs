@@ -51,6 +51,7 @@ pub async fn start_env(args: &Args, report: &mut Report) -> anyhow::Result<Env> 
     let moto = Moto::start().await?;
     let proxy = FaultProxy::start(moto.url()).await?;
     proxy.enable_ec2_budget();
+    proxy.set_consistency_lag(args.consistency_lag);
     let client = cp.client().await?;
     let ec2 = ec2_client(moto.url()).await;
     let controller_kubeconfig = cp.user_kubeconfig(CONTROLLER_USER, &["system:masters"])?;
