@@ -17,6 +17,8 @@ pub struct Args {
     pub hb_timeout: Duration,
     pub setup_parallelism: usize,
     pub ec2_timeout: Duration,
+    /// The test EC2's DescribeAddresses lag after a change (`FaultProxy::set_consistency_lag`).
+    pub consistency_lag: Duration,
     pub json: Option<PathBuf>,
 }
 
@@ -35,6 +37,7 @@ impl Args {
             hb_timeout: Duration::from_secs(4),
             setup_parallelism: 8,
             ec2_timeout: Duration::from_secs(5),
+            consistency_lag: feip::testenv::DEFAULT_CONSISTENCY_LAG,
             json: None,
         }
     }
@@ -57,14 +60,18 @@ impl Args {
 const USAGE: &str = "feip-bench [--smoke] [--feips N] [--nodes N] [--mass N] [--trials N]
            [--baseline-secs S] [--steady-secs S] [--restart-secs S]
            [--hb-interval-ms MS] [--hb-timeout-ms MS] [--ec2-timeout-ms MS]
+           [--consistency-lag-ms MS]
            [--setup-parallelism N] [--json FILE]
 
 Benchmarks feip against the real local environment with the `feip` binary next to this one
 (build both with `cargo build --release --features testenv --bins`; hack/bench.sh does).
-Defaults: 1000 addresses over 200 nodes, 100 on the node killed in the mass failover,
+Defaults: 1000 addresses over 200 nodes, 100 on the node killed in the mass failover (all
+with node 1 as second candidate), each node with one private IP per address that lists it,
 20 trials per detection mode, 60 s baseline, 300 s steady state, 60 s after the restart.
 The controller runs with FEIP_EC2_TIMEOUT 5 s (moto is slow at 1,000 addresses; the default
 is 2 s) and a leadership safety margin of twice that plus 1 s; everything else is default.
+The test EC2 applies AWS's rules (one Elastic IP per private IP, PrivateIpAddress honoured)
+and lags DescribeAddresses 300 ms after every change (--consistency-lag-ms).
 A phase is skipped with a zero: --baseline-secs 0, --steady-secs 0, --trials 0, --mass 0,
 --restart-secs 0.
 --smoke: every phase at a tiny size, for CI (about a minute).";
@@ -98,6 +105,9 @@ pub fn parse_args() -> anyhow::Result<Args> {
             "--hb-interval-ms" => args.hb_interval = Duration::from_millis(num(value(&a)?)?),
             "--hb-timeout-ms" => args.hb_timeout = Duration::from_millis(num(value(&a)?)?),
             "--ec2-timeout-ms" => args.ec2_timeout = Duration::from_millis(num(value(&a)?)?),
+            "--consistency-lag-ms" => {
+                args.consistency_lag = Duration::from_millis(num(value(&a)?)?);
+            }
             "--setup-parallelism" => args.setup_parallelism = num(value(&a)?)?.max(1) as usize,
             "--json" => args.json = Some(PathBuf::from(value(&a)?)),
             "-h" | "--help" => {

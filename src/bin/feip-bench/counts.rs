@@ -9,6 +9,7 @@ use jiff::Timestamp;
 
 use feip::testenv::fault_proxy::{Fault, RequestRecord};
 
+use crate::world::Env;
 use crate::{CONTROLLER_USER, LEADER_NS};
 
 /// Reads the kube-apiserver audit log incrementally.
@@ -108,4 +109,92 @@ pub fn mutations(records: &[RequestRecord]) -> usize {
         .iter()
         .filter(|r| MUTATING.contains(&r.action.as_str()))
         .count()
+}
+
+/// What one scenario (phase) sent to EC2 through the controller's proxy and what AWS's
+/// one-EIP-per-private-IP rule did about it. A scenario may associate each address it moves
+/// once (`moved_addresses`; 0 for adoption, steady state, restart) and displace none.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ScenarioEc2 {
+    pub scenario: String,
+    pub moved_addresses: usize,
+    pub associate_calls: usize,
+    pub disassociate_calls: usize,
+    /// `FaultProxy::displacements()` recorded during the scenario.
+    pub displacements: usize,
+    /// "displaced by other at interface/private IP", one per displacement.
+    pub displaced: Vec<String>,
+}
+
+impl ScenarioEc2 {
+    /// Why the scenario broke the rules, if it did.
+    pub fn violation(&self) -> Option<String> {
+        let mut v = Vec::new();
+        if self.displacements > 0 {
+            v.push(format!(
+                "{} displacement(s): {}",
+                self.displacements,
+                self.displaced.join("; ")
+            ));
+        }
+        if self.associate_calls > self.moved_addresses {
+            v.push(format!(
+                "{} AssociateAddress for {} moved address(es)",
+                self.associate_calls, self.moved_addresses
+            ));
+        }
+        if self.disassociate_calls > 0 {
+            v.push(format!("{} DisassociateAddress", self.disassociate_calls));
+        }
+        (!v.is_empty()).then(|| format!("{}: {}", self.scenario, v.join(", ")))
+    }
+}
+
+/// Where the controller proxy's request log and displacement list stood when a scenario
+/// started.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub log: usize,
+    displacements: usize,
+}
+
+impl Mark {
+    pub fn now(env: &Env) -> Self {
+        Self {
+            log: env.proxy.log_len(),
+            displacements: env.proxy.displacements().len(),
+        }
+    }
+
+    /// The scenario's EC2 figures from this mark to now.
+    pub fn scenario(&self, env: &Env, scenario: &str, moved_addresses: usize) -> ScenarioEc2 {
+        let records = env.proxy.requests_since(self.log);
+        // Every request counts, throttled or not: a throttled associate is one too many.
+        let count = |action: &str| records.iter().filter(|r| r.action == action).count();
+        let displaced: Vec<String> = env
+            .proxy
+            .displacements()
+            .iter()
+            .skip(self.displacements)
+            .map(|d| {
+                format!(
+                    "{} by {} at {}/{}",
+                    d.displaced, d.by, d.network_interface_id, d.private_ip
+                )
+            })
+            .collect();
+        let s = ScenarioEc2 {
+            scenario: scenario.into(),
+            moved_addresses,
+            associate_calls: count("AssociateAddress"),
+            disassociate_calls: count("DisassociateAddress"),
+            displacements: displaced.len(),
+            displaced,
+        };
+        println!(
+            "    EC2 [{}]: AssociateAddress {} for {} moved address(es), DisassociateAddress {}, displacements {}",
+            s.scenario, s.associate_calls, s.moved_addresses, s.disassociate_calls, s.displacements
+        );
+        s
+    }
 }

@@ -13,6 +13,7 @@ use feip::testenv::wait_for;
 use crate::NS;
 use crate::args::Args;
 use crate::controller::{Controller, log_time};
+use crate::counts::Mark;
 use crate::procfs::loadavg;
 use crate::report::Report;
 use crate::stats::{Stats, print_stats, secs, stats};
@@ -260,6 +261,7 @@ pub async fn latency_phase(
             alloc,
             pair,
         };
+        let mark = Mark::now(env);
         let mut trials = Vec::new();
         for n in 1..=args.trials {
             let t = run_trial(env, ctl, &setup, n).await?;
@@ -270,6 +272,12 @@ pub async fn latency_phase(
             );
             trials.push(t);
         }
+        // Each trial moves the trial address once.
+        report.scenarios.push(mark.scenario(
+            env,
+            &format!("latency, {mode} detection"),
+            args.trials,
+        ));
         let r = latency_report(mode, trials);
         print_latency(&r);
         report.latency.push(r);

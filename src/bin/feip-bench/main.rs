@@ -30,6 +30,7 @@ mod controller;
 mod counts;
 mod latency;
 mod mass;
+mod net;
 mod procfs;
 mod report;
 mod restart;
@@ -71,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         "\nfeip-bench finished in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    report::ec2_checks(&report)?;
     if args.smoke {
         report::smoke_checks(&report)?;
     }
@@ -104,6 +106,9 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     } else {
         let _ = ctl.terminate().await;
     }
+    report.displacements_total = env.proxy.displacements().len();
+    report.associate_total = env.proxy.count("AssociateAddress");
+    report.moved_total = report.scenarios.iter().map(|s| s.moved_addresses).sum();
     report.targets = report::targets(&report);
     Ok(report)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::args::Args;
+use crate::counts::ScenarioEc2;
 use crate::latency::LatencyReport;
 use crate::mass::MassReport;
 use crate::procfs::loadavg;
@@ -26,6 +27,14 @@ pub struct Report {
     pub latency: Vec<LatencyReport>,
     pub mass: Option<MassReport>,
     pub restart: Option<RestartReport>,
+    /// Per scenario: AssociateAddress / DisassociateAddress sent and displacements caused.
+    pub scenarios: Vec<ScenarioEc2>,
+    /// `FaultProxy::displacements()` of the controller's proxy over the whole run.
+    pub displacements_total: usize,
+    /// AssociateAddress through the controller's proxy over the whole run, and the addresses
+    /// the scenarios moved in all (the first may not exceed the second).
+    pub associate_total: usize,
+    pub moved_total: usize,
     pub targets: Vec<(String, String, bool)>,
 }
 
@@ -65,6 +74,13 @@ pub fn machine(env: &Env, args: &Args) -> BTreeMap<String, String> {
         ),
     );
     m.insert(
+        "test EC2".into(),
+        format!(
+            "AWS rules on, DescribeAddresses consistency lag {} ms",
+            args.consistency_lag.as_millis()
+        ),
+    );
+    m.insert(
         "size".into(),
         format!(
             "{} addresses, {} nodes, mass {}, {} trials/mode, heartbeat trials {}ms/{}ms",
@@ -79,6 +95,45 @@ pub fn machine(env: &Env, args: &Args) -> BTreeMap<String, String> {
     m
 }
 
+/// AWS's rules, checked on every run (smoke or full): no scenario displaced an address
+/// (associated a second one at an occupied private IP), sent more AssociateAddress than it
+/// moved addresses, or disassociated one.
+pub fn ec2_checks(r: &Report) -> anyhow::Result<()> {
+    let mut v: Vec<String> = r
+        .scenarios
+        .iter()
+        .filter_map(ScenarioEc2::violation)
+        .collect();
+    if r.displacements_total > 0 && v.is_empty() {
+        v.push(format!(
+            "{} displacement(s) outside the scenarios",
+            r.displacements_total
+        ));
+    }
+    if r.associate_total > r.moved_total {
+        v.push(format!(
+            "{} AssociateAddress in the whole run for {} moved addresses",
+            r.associate_total, r.moved_total
+        ));
+    }
+    if let Some(m) = &r.mass
+        && m.distinct_private_ips != m.addresses
+    {
+        v.push(format!(
+            "mass failover: the {} moved addresses are on {} distinct private IPs of the survivor",
+            m.addresses, m.distinct_private_ips
+        ));
+    }
+    if !v.is_empty() {
+        anyhow::bail!("EC2 rules broken:\n  {}", v.join("\n  "));
+    }
+    println!(
+        "EC2 checks passed: {} scenarios, 0 displacements, AssociateAddress <= moved addresses in each",
+        r.scenarios.len()
+    );
+    Ok(())
+}
+
 /// The smoke run checks that every phase produced numbers, not how good they are.
 pub fn smoke_checks(r: &Report) -> anyhow::Result<()> {
     for l in &r.latency {
@@ -89,6 +144,9 @@ pub fn smoke_checks(r: &Report) -> anyhow::Result<()> {
     let mass = r.mass.as_ref().context("smoke: no mass failover")?;
     if mass.associate_calls < mass.addresses {
         anyhow::bail!("smoke: mass failover sent fewer associates than addresses");
+    }
+    if r.adoption.get("ec2 mutations").copied() != Some(0.0) {
+        anyhow::bail!("smoke: the adoption remapped addresses");
     }
     let restart = r.restart.as_ref().context("smoke: no restart")?;
     if restart.window.ec2_mutations != 0 {
@@ -167,6 +225,34 @@ pub fn targets(r: &Report) -> Vec<(String, String, bool)> {
             after <= m.budget_bound_after_detection + 2.0 && m.throttled == 0,
         ));
     }
+    t.push((
+        "adoption of pre-associated addresses: 0 EC2 mutations".into(),
+        format!(
+            "{} mutations",
+            r.adoption.get("ec2 mutations").copied().unwrap_or(f64::NAN)
+        ),
+        r.adoption.get("ec2 mutations").copied() == Some(0.0),
+    ));
+    if let Some(m) = &r.mass {
+        t.push((
+            format!(
+                "mass failover: AssociateAddress <= {} moved addresses, on distinct private IPs",
+                m.addresses
+            ),
+            format!(
+                "{} AssociateAddress, {} distinct private IPs, {} displacements",
+                m.associate_calls, m.distinct_private_ips, m.displacements
+            ),
+            m.associate_calls <= m.addresses
+                && m.distinct_private_ips == m.addresses
+                && m.displacements == 0,
+        ));
+    }
+    t.push((
+        "no displacement (a second Elastic IP associated at an occupied private IP)".into(),
+        format!("{} in the whole run", r.displacements_total),
+        r.displacements_total == 0,
+    ));
     if let Some(rs) = &r.restart {
         t.push((
             "restart: 0 EC2 mutations, ready in under 10 s".into(),

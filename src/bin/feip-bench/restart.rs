@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::controller::Controller;
+use crate::counts::Mark;
 use crate::report::Report;
 use crate::step;
 use crate::window::{WindowReport, observe, print_window};
@@ -28,6 +29,7 @@ pub async fn restart_phase(
     step("restart: SIGTERM, start a new controller, measure readiness and EC2 mutations");
     // The revived node must be healthy again before the restart.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mark = Mark::now(env);
     let shutdown = ctl.terminate().await?;
     ctl = Controller::start(env, 1)?;
     let ready = ctl.wait_ready(Duration::from_secs(60)).await?;
@@ -47,6 +49,8 @@ pub async fn restart_phase(
     )
     .await?;
     print_window(&w);
+    // From the SIGTERM on (the window itself starts once the new controller is ready).
+    report.scenarios.push(mark.scenario(env, "restart", 0));
     report.restart = Some(RestartReport {
         addresses: args.feips + 2,
         shutdown_seconds: shutdown.as_secs_f64(),

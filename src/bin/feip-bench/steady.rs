@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::args::Args;
 use crate::controller::Controller;
+use crate::counts::Mark;
 use crate::report::Report;
 use crate::step;
 use crate::window::{observe, print_window};
@@ -20,6 +21,7 @@ pub async fn baseline_phase(
         "baseline: steady state with 2 addresses for {}s",
         args.baseline_secs
     ));
+    let mark = Mark::now(env);
     let w = observe(
         env,
         ctl,
@@ -29,6 +31,7 @@ pub async fn baseline_phase(
     )
     .await?;
     print_window(&w);
+    report.scenarios.push(mark.scenario(env, "baseline", 0));
     report.baseline = Some(w);
     Ok(())
 }
@@ -46,6 +49,7 @@ pub async fn steady_phase(
     ));
     // Let the adoption burst (lease creation, first confirmations) settle first.
     tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 30 })).await;
+    let mark = Mark::now(env);
     let w = observe(
         env,
         ctl,
@@ -55,6 +59,7 @@ pub async fn steady_phase(
     )
     .await?;
     print_window(&w);
+    report.scenarios.push(mark.scenario(env, "steady state", 0));
     report.steady = Some(w);
     Ok(())
 }

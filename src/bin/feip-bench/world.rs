@@ -17,6 +17,7 @@ use feip::crd::FloatingElasticIP;
 use feip::testenv::{AZ_A, AZ_C, ControlPlane, FaultProxy, Moto, NodeOptions, SimNode};
 
 use crate::NS;
+use crate::net::BenchNet;
 use crate::stats::Clock;
 
 pub struct Env {
@@ -36,6 +37,8 @@ pub struct Env {
 pub struct NodeInfo {
     pub sim: SimNode,
     pub eni: String,
+    /// Every private IP of the interface, the primary first (see `net`).
+    pub private_ips: Vec<String>,
 }
 
 pub struct World {
@@ -52,15 +55,21 @@ fn az(i: usize) -> &'static str {
     if i.is_multiple_of(2) { AZ_A } else { AZ_C }
 }
 
+/// The node the mass failover kills.
+pub const VICTIM: usize = 0;
+/// The node every address of the mass failover moves to.
+pub const SURVIVOR: usize = 1;
+
 /// The FEIP layout: the first `mass` addresses prefer node 0 (the one the mass failover
-/// kills); the others are spread over nodes 1.. with a different node as second candidate.
-/// No address but those lists node 0 at all, so its death affects exactly `mass` addresses.
+/// kills) and all name node 1 as their second candidate (so node 1 must take all of them);
+/// the others are spread over nodes 1.. with a different node as second candidate. No
+/// address but those lists node 0 at all, so its death affects exactly `mass` addresses.
 pub fn layout(feips: usize, nodes: usize, mass: usize) -> Vec<(usize, usize)> {
     let others = nodes - 1;
     (0..feips)
         .map(|i| {
             if i < mass {
-                (0, 1 + i % others)
+                (VICTIM, SURVIVOR)
             } else {
                 let j = i - mass;
                 (1 + j % others, 1 + (j + 1 + j / others) % others)
@@ -70,19 +79,35 @@ pub fn layout(feips: usize, nodes: usize, mass: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// How many private IPs each node needs: one per address that lists it (as first or second
+/// candidate), since each address holds a private IP of its own on its holder, and a node may
+/// end up holding every address that lists it. At least the primary.
+pub fn capacity(layout: &[(usize, usize)], nodes: usize) -> Vec<usize> {
+    let mut c = vec![0; nodes];
+    for &(p, s) in layout {
+        c[p] += 1;
+        c[s] += 1;
+    }
+    c.into_iter().map(|n| n.max(1)).collect()
+}
+
 pub fn feip_name(i: usize) -> String {
     format!("f-{i:04}")
 }
 
+/// Launches one instance per `(name, heartbeat interval, private IPs)` (in the bench's own
+/// subnets, with that many private IPs on its interface) and its simulated node.
 pub async fn launch_nodes(
     env: &Env,
-    names: Vec<(String, Duration)>,
+    net: &BenchNet,
+    names: Vec<(String, Duration, usize)>,
     parallelism: usize,
 ) -> anyhow::Result<Vec<NodeInfo>> {
+    let plans = net.plan(names.iter().enumerate().map(|(i, n)| (az(i), n.2)))?;
     let results: Vec<anyhow::Result<NodeInfo>> =
-        futures::stream::iter(names.into_iter().enumerate())
-            .map(|(i, (name, hb))| async move {
-                let instance = env.moto.launch_instance(az(i)).await?;
+        futures::stream::iter(names.into_iter().zip(plans).enumerate())
+            .map(|(i, ((name, hb, _), secondaries))| async move {
+                let instance = net.launch(env, az(i), secondaries).await?;
                 let mut opts = NodeOptions::new(&name, az(i), &instance.instance_id);
                 opts.heartbeat_interval = hb;
                 let sim = SimNode::start(env.client.clone(), opts)
@@ -91,6 +116,7 @@ pub async fn launch_nodes(
                 Ok(NodeInfo {
                     sim,
                     eni: instance.network_interface_id,
+                    private_ips: instance.private_ips,
                 })
             })
             .buffered(parallelism)
@@ -108,18 +134,19 @@ pub async fn allocate(env: &Env, n: usize, parallelism: usize) -> anyhow::Result
     results.into_iter().collect()
 }
 
-/// Associates directly in moto (not through the proxy: setup, not feip's traffic).
-pub async fn associate_direct(
-    env: &Env,
-    pairs: Vec<(String, String)>,
+/// Associates each `(allocation id, interface, private IP)` with `ec2` (setup's own proxy in
+/// front of moto, with the AWS rules: moto alone ignores `PrivateIpAddress`).
+pub async fn associate_at(
+    ec2: &aws_sdk_ec2::Client,
+    targets: Vec<(String, String, String)>,
     parallelism: usize,
 ) -> anyhow::Result<()> {
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(pairs)
-        .map(|(alloc, eni)| async move {
-            env.ec2
-                .associate_address()
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(targets)
+        .map(|(alloc, eni, ip)| async move {
+            ec2.associate_address()
                 .allocation_id(alloc)
                 .network_interface_id(eni)
+                .private_ip_address(ip)
                 .allow_reassociation(true)
                 .send()
                 .await
@@ -149,6 +176,29 @@ pub async fn moto_associations(env: &Env) -> anyhow::Result<HashMap<String, Opti
                 a.network_interface_id()
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
+            )
+        })
+        .collect())
+}
+
+/// allocation id -> (network interface id, private IP) (None when unassociated), as `ec2`
+/// answers DescribeAddresses (through a proxy: with the AWS layer's private IPs).
+pub async fn associations_at(
+    ec2: &aws_sdk_ec2::Client,
+) -> anyhow::Result<HashMap<String, Option<(String, String)>>> {
+    let out = ec2
+        .describe_addresses()
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("DescribeAddresses: {e:?}"))?;
+    let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    Ok(out
+        .addresses()
+        .iter()
+        .map(|a| {
+            (
+                a.allocation_id().unwrap_or_default().to_string(),
+                non_empty(a.network_interface_id()).zip(non_empty(a.private_ip_address())),
             )
         })
         .collect())
