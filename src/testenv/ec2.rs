@@ -318,20 +318,10 @@ impl Moto {
     /// moto's interface true (a displaced address is disassociated in moto too); only the
     /// private IP needs their model, see `true_association`.
     pub async fn association(&self, allocation_id: &str) -> anyhow::Result<Option<String>> {
-        let client = ec2_client(&self.url).await;
-        let out = client
-            .describe_addresses()
-            .allocation_ids(allocation_id)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("DescribeAddresses: {e:?}"))?;
-        Ok(out
-            .addresses()
-            .first()
-            .and_then(|a| a.network_interface_id())
-            // moto reports an unassociated address with an empty interface id.
-            .filter(|s| !s.is_empty())
-            .map(str::to_string))
+        Ok(self
+            .true_association(allocation_id)
+            .await?
+            .map(|t| t.network_interface_id))
     }
 
     /// The (interface, private IP) the address is truly associated with, settled: moto's

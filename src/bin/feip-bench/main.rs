@@ -30,7 +30,6 @@ mod controller;
 mod counts;
 mod latency;
 mod mass;
-mod net;
 mod procfs;
 mod report;
 mod restart;

@@ -14,7 +14,6 @@ use feip::testenv::{ControlPlane, FaultProxy, Moto, ec2_client};
 use crate::args::Args;
 use crate::controller::Controller;
 use crate::counts::Mark;
-use crate::net::BenchNet;
 use crate::report::{Report, machine};
 use crate::stats::Clock;
 use crate::step;
@@ -182,7 +181,6 @@ async fn setup_nodes(
     report: &mut Report,
 ) -> anyhow::Result<(Vec<NodeInfo>, [NodeInfo; 2], [NodeInfo; 2])> {
     let t = Instant::now();
-    let net = BenchNet::create(env).await?;
     let mut names: Vec<(String, Duration, usize)> = (0..args.nodes)
         .map(|i| {
             (
@@ -197,7 +195,7 @@ async fn setup_nodes(
     names.push(("bench-probe-a".into(), Duration::from_secs(10), 1));
     names.push(("bench-probe-b".into(), Duration::from_secs(10), 1));
     let private_ips: usize = names.iter().map(|n| n.2).sum();
-    let mut nodes = launch_nodes(env, &net, names, args.setup_parallelism).await?;
+    let mut nodes = launch_nodes(env, names, args.setup_parallelism).await?;
     let probe_b = nodes.pop().context("node")?;
     let probe_a = nodes.pop().context("node")?;
     let hb_b = nodes.pop().context("node")?;

@@ -17,7 +17,6 @@ use feip::crd::FloatingElasticIP;
 use feip::testenv::{AZ_A, AZ_C, ControlPlane, FaultProxy, Moto, NodeOptions, SimNode};
 
 use crate::NS;
-use crate::net::BenchNet;
 use crate::stats::Clock;
 
 pub struct Env {
@@ -95,19 +94,22 @@ pub fn feip_name(i: usize) -> String {
     format!("f-{i:04}")
 }
 
-/// Launches one instance per `(name, heartbeat interval, private IPs)` (in the bench's own
-/// subnets, with that many private IPs on its interface) and its simulated node.
+/// Launches one instance per `(name, heartbeat interval, private IPs)` (with that many private
+/// IPs on its interface, distinct across the world: `Moto::launch_instance_with_secondaries`)
+/// and its simulated node.
 pub async fn launch_nodes(
     env: &Env,
-    net: &BenchNet,
     names: Vec<(String, Duration, usize)>,
     parallelism: usize,
 ) -> anyhow::Result<Vec<NodeInfo>> {
-    let plans = net.plan(names.iter().enumerate().map(|(i, n)| (az(i), n.2)))?;
     let results: Vec<anyhow::Result<NodeInfo>> =
-        futures::stream::iter(names.into_iter().zip(plans).enumerate())
-            .map(|(i, ((name, hb, _), secondaries))| async move {
-                let instance = net.launch(env, az(i), secondaries).await?;
+        futures::stream::iter(names.into_iter().enumerate())
+            .map(|(i, (name, hb, ips))| async move {
+                let secondaries = i32::try_from(ips.saturating_sub(1))?;
+                let instance = env
+                    .moto
+                    .launch_instance_with_secondaries(az(i), secondaries)
+                    .await?;
                 let mut opts = NodeOptions::new(&name, az(i), &instance.instance_id);
                 opts.heartbeat_interval = hb;
                 let sim = SimNode::start(env.client.clone(), opts)
