@@ -414,7 +414,7 @@ impl Ec2 {
         build: B,
     ) -> Result<T, Ec2Error>
     where
-        B: FnOnce(&aws_sdk_ec2::Client, MutationPermit) -> F,
+        B: FnOnce(&aws_sdk_ec2::Client, &MutationPermit) -> F,
         F: std::future::Future<Output = Result<T, Ec2Error>>,
     {
         self.budget.acquire(RequestKind::Mutating).await;
@@ -422,7 +422,11 @@ impl Ec2 {
             tracing::info!(operation, "mutation not sent: leadership window closed");
             return Err(Ec2Error::NotSent { operation });
         };
-        self.send(operation, build(&self.client, permit)).await
+        // The permit is held until the answer (or the send timeout): the request is in flight
+        // until then, and a graceful shutdown waits for it before handing leadership over.
+        let result = self.send(operation, build(&self.client, &permit)).await;
+        drop(permit);
+        result
     }
 
     /// Sends one request, time-bounded and instrumented.

@@ -12,6 +12,7 @@
 //! `safety_margin` before that, so an EC2 call started just in time still finishes in time.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -124,11 +125,35 @@ impl LeaderConfig {
 /// taken after the budget wait; holder-Lease writes and deletes go through
 /// `controller::holder_lease`, whose send functions take a permit by value. So outside those
 /// two files a mutation without the leadership check does not compile. A permit is taken
-/// immediately before its request is sent; it is neither `Clone` nor kept.
+/// immediately before its request is sent; it is neither `Clone` nor kept. While it lives
+/// its request counts as in flight: a graceful shutdown waits for every permit to be dropped
+/// before it hands the Lease over ([`Leadership::stop_mutating`], [`Leadership::drain`]), so
+/// hold it until the request's answer (or its timeout) is in.
 #[derive(Debug)]
 #[must_use = "a permit is taken right before the request it allows"]
 pub struct MutationPermit {
     mutate_until: Instant,
+    _in_flight: InFlight,
+}
+
+/// One request sent under a permit and not answered yet.
+#[derive(Debug)]
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.flight.idle.notify_waiters();
+        }
+    }
+}
+
+/// Mutations in flight, and whether new ones may still start (false once shutting down).
+#[derive(Debug, Default)]
+struct Flight {
+    closed: AtomicBool,
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 impl MutationPermit {
@@ -151,6 +176,21 @@ struct Inner {
     state: Mutex<LeaderState>,
     changes: watch::Sender<bool>,
     api: Mutex<ApiReachability>,
+    flight: Flight,
+    /// Every gain, renewal and loss of leadership, for tests that check each mutation's send
+    /// instant against the window it was sent in.
+    #[cfg(feature = "testenv")]
+    validity_log: Mutex<Vec<ValidityRecord>>,
+}
+
+/// One change of this replica's leadership validity, as the election recorded it.
+#[cfg(feature = "testenv")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidityRecord {
+    /// When the change happened: the send instant of a successful write, or a step-down.
+    pub at: Instant,
+    /// Valid until then; `None` from a step-down on (not leader).
+    pub valid_until: Option<Instant>,
 }
 
 /// Whether the apiserver serves this replica's election requests: the election loop talks to
@@ -229,6 +269,9 @@ impl Leadership {
                 state: Mutex::new(LeaderState::default()),
                 changes,
                 api: Mutex::new(ApiReachability::default()),
+                flight: Flight::default(),
+                #[cfg(feature = "testenv")]
+                validity_log: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -257,19 +300,80 @@ impl Leadership {
     /// [`can_mutate`](Self::can_mutate) is false. Take it immediately before the request is
     /// sent (after any budget wait or extra read), never earlier, and let the send consume it.
     pub fn permit(&self) -> Option<MutationPermit> {
+        let flight = &self.inner.flight;
+        // Counted before the checks, so `drain` either sees this request or we see `closed`.
+        flight.count.fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight(self.inner.clone());
+        if flight.closed.load(Ordering::SeqCst) {
+            return None;
+        }
         let now = Instant::now();
         let s = self.state();
         let until = s.mutate_until.filter(|until| s.leader && now < *until)?;
         Some(MutationPermit {
             mutate_until: until,
+            _in_flight: in_flight,
         })
     }
 
     /// [`can_mutate`](Self::can_mutate) at a given instant.
     pub fn can_mutate_at(&self, now: Instant) -> bool {
         let s = self.state();
-        s.leader && s.mutate_until.is_some_and(|until| now < until)
+        s.leader
+            && !self.inner.flight.closed.load(Ordering::SeqCst)
+            && s.mutate_until.is_some_and(|until| now < until)
     }
+
+    /// Starts a graceful shutdown: from now on no permit is issued (mutations already sent
+    /// keep theirs). The election keeps the Lease until [`drain`](Self::drain) says the
+    /// in-flight requests are answered, so no successor starts while they could still land.
+    pub fn stop_mutating(&self) {
+        self.inner.flight.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests sent under a permit and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.inner.flight.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no mutation is in flight, at most `bound`. Returns whether that happened.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        let flight = &self.inner.flight;
+        loop {
+            let idle = flight.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if flight.count.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return flight.count.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+
+    /// Every gain, renewal and loss of leadership so far (tests only).
+    #[cfg(feature = "testenv")]
+    pub fn validity_log(&self) -> Vec<ValidityRecord> {
+        self.inner
+            .validity_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    #[cfg(feature = "testenv")]
+    fn log_validity(&self, at: Instant, valid_until: Option<Instant>) {
+        self.inner
+            .validity_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ValidityRecord { at, valid_until });
+    }
+
+    #[cfg(not(feature = "testenv"))]
+    fn log_validity(&self, _at: Instant, _valid_until: Option<Instant>) {}
 
     /// When the current leadership stops being valid; `None` when not leader.
     pub fn valid_until(&self) -> Option<Instant> {
@@ -317,6 +421,7 @@ impl Leadership {
     /// Records a successful write sent at `sent_at`. Returns true if leadership was just gained.
     fn lead(&self, sent_at: Instant, lease_duration: Duration, safety_margin: Duration) -> bool {
         let valid_until = sent_at + lease_duration;
+        self.log_validity(sent_at, Some(valid_until));
         let gained = {
             let mut s = self
                 .inner
@@ -347,6 +452,7 @@ impl Leadership {
                 .unwrap_or_else(PoisonError::into_inner);
             std::mem::take(&mut *s).leader
         };
+        self.log_validity(Instant::now(), None);
         if was {
             self.inner.changes.send_replace(false);
         }
@@ -723,8 +829,9 @@ impl Elector {
 }
 
 /// Takes part in the election until `shutdown` resolves, keeping `leadership` up to date.
-/// On shutdown it steps down and then releases the Lease if it holds it, so a successor does
-/// not wait a whole lease duration. Returns `Err` only for an invalid config; API errors are
+/// On shutdown it stops issuing permits, waits (at most the safety margin) for the mutations
+/// in flight, steps down and then releases the Lease if it holds it, so a successor does not
+/// wait a whole lease duration. With mutations still in flight it keeps the Lease instead. Returns `Err` only for an invalid config; API errors are
 /// retried (an unreachable apiserver makes a leader step down, never crash).
 pub async fn run(
     client: Client,

@@ -98,6 +98,20 @@ pub struct RequestRecord {
     pub status: u16,
     /// Which request of this proxy it was (0, 1, ...; not reset by `clear_log`).
     pub seq: u64,
+    /// When it was passed on to EC2 (it may take effect from then on); `None` if it never was.
+    pub forwarded_at: Option<Instant>,
+    /// When its answer was sent back; `None` while pending, or if it never was (hang,
+    /// reset, or the client went away first).
+    pub answered_at: Option<Instant>,
+}
+
+impl RequestRecord {
+    /// While this request could take effect at EC2 without its sender knowing the outcome:
+    /// from its forwarding to its answer (open-ended if it was forwarded and never answered).
+    /// `None` if it never reached EC2.
+    pub fn in_flight(&self) -> Option<(Instant, Option<Instant>)> {
+        self.forwarded_at.map(|from| (from, self.answered_at))
+    }
 }
 
 /// EC2's published token buckets, emulated so a client that overspends sees
@@ -325,6 +339,12 @@ async fn handle(
             fault: fault.clone(),
             status,
             seq,
+            forwarded_at: None,
+            answered_at: matches!(
+                fault,
+                Some(Fault::Throttle | Fault::ServerError | Fault::Definite(_))
+            )
+            .then_some(now),
         });
         (
             fault,
@@ -362,6 +382,7 @@ async fn handle(
             if let Some(Fault::Latency(d)) = fault {
                 tokio::time::sleep(d).await;
             }
+            update(&state, seq, |r| r.forwarded_at = Some(Instant::now()));
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let call = Call {
                 method: &parts.method,
@@ -384,8 +405,19 @@ async fn handle(
             if let Some(Fault::SlowAnswer(d)) = fault {
                 tokio::time::sleep(d).await;
             }
+            update(&state, seq, |r| r.answered_at = Some(Instant::now()));
             Ok(answer.reply.into_response())
         }
+    }
+}
+
+/// Changes the log record of request `seq` (if still logged).
+fn update(state: &Mutex<State>, seq: u64, change: impl FnOnce(&mut RequestRecord)) {
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
+        change(r);
     }
 }
 

@@ -18,7 +18,7 @@ pub use aws_rules::{Association, DEFAULT_CONSISTENCY_LAG, Displacement};
 pub use control_plane::ControlPlane;
 pub use controller::{ControllerOptions, TestController};
 pub use ec2::{AZ_A, AZ_C, AddressTarget, ElasticIp, Instance, Moto, REGION, Subnet, ec2_client};
-pub use fault_proxy::{Fault, FaultProxy, FaultRule};
+pub use fault_proxy::{Fault, FaultProxy, FaultRule, RequestRecord};
 pub use node_sim::{NodeOptions, SimNode};
 pub use process::wait_for;
 pub use tcp_proxy::TcpProxy;
