@@ -94,6 +94,9 @@ pub struct Running {
     /// Turns true once every cache synced.
     pub ready: watch::Receiver<bool>,
     stop: broadcast::Sender<()>,
+    /// How long a graceful stop waits for mutations in flight (the safety margin, which one
+    /// EC2 call cannot outlast).
+    drain_bound: Duration,
     elector: Option<JoinHandle<anyhow::Result<()>>>,
     controller: Option<JoinHandle<anyhow::Result<()>>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -165,6 +168,7 @@ pub async fn start(
         metrics,
         ready,
         stop,
+        drain_bound: config.safety_margin,
         elector: Some(elector),
         controller: Some(controller),
         server,
@@ -192,9 +196,20 @@ impl Running {
         }
     }
 
-    /// Graceful stop: the controller stops reconciling, the election releases the Lease if
-    /// this replica holds it, the HTTP endpoints close. Each wait is bounded.
+    /// Graceful stop: no new mutation starts, the ones in flight are answered (bounded by the
+    /// safety margin) while everything still runs, then the controller stops reconciling, the
+    /// election releases the Lease if this replica holds it, the HTTP endpoints close. Each
+    /// wait is bounded. Stopping the controller first would cancel reconciles mid-request: the
+    /// request could still land after the Lease went to a successor.
     pub async fn shutdown(&mut self) {
+        self.leadership.stop_mutating();
+        if !self.leadership.drain(self.drain_bound).await {
+            tracing::warn!(
+                in_flight = self.leadership.in_flight(),
+                "mutations still in flight after {:?}; stopping anyway (the Lease is kept)",
+                self.drain_bound
+            );
+        }
         let _ = self.stop.send(());
         for task in [self.controller.take(), self.elector.take()]
             .into_iter()

@@ -865,8 +865,21 @@ pub async fn run(
             () = tokio::time::sleep(pause) => {}
         }
     }
+    // Stop starting mutations, let the ones in flight be answered, and only then hand the
+    // Lease over: a successor that started earlier could send its own while ours still land
+    // (rule 6). Each in-flight EC2 call is bounded by twice the EC2 timeout, below the margin.
+    elector.leadership.stop_mutating();
+    let drained = elector.leadership.drain(elector.cfg.safety_margin).await;
     elector.step_down("shutting down");
-    elector.release().await;
+    if drained {
+        elector.release().await;
+    } else {
+        tracing::warn!(
+            lease = %elector.cfg.name,
+            in_flight = elector.leadership.in_flight(),
+            "mutations still in flight at shutdown; not releasing the lease, so a successor waits for it to expire"
+        );
+    }
     Ok(())
 }
 

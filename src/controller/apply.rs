@@ -260,6 +260,9 @@ async fn write_decision(ctx: &Arc<Context>, pass: &Pass<'_>) -> Result<(), Error
         .lease
         .filter(|_| plan.change.is_some() || plan.retarget.is_some());
     holder_lease::write(&ctx.client, &ctx.leadership, pass.f, existing, &record).await?;
+    if existing.is_some() || pass.lease.is_none() {
+        ctx.remember(k, |m| m.decided_here = plan.holder.clone());
+    }
     if let (Some(r), Some(to)) = (&plan.retarget, &slot) {
         let from = r
             .from
@@ -308,6 +311,7 @@ async fn act(
             if !ctx.leadership.can_mutate() {
                 return None;
             }
+            inherit_decision(ctx, k, pass.plan.confirmed, node, target);
             match associate(ctx, k, current, target, spec.confirm_timeout).await {
                 Err(Ec2Error::NotSent { .. }) => return None,
                 Ok(info) => {
@@ -357,6 +361,23 @@ async fn act(
         }
     }
     Some(outcome)
+}
+
+/// An unconfirmed holder decision that this process did not write (a previous leader's, cut
+/// short by a handover or a crash) may have had its AssociateAddress sent, possibly landing
+/// only now: it is handled like an associate of unknown outcome, read back and not resent
+/// before EC2 can show it, so a handover does not cost a second remap.
+fn inherit_decision(ctx: &Context, k: &str, confirmed: bool, node: &str, target: &Target) {
+    if confirmed {
+        return;
+    }
+    ctx.remember(k, |m| {
+        if m.decided_here.as_deref() != Some(node) && m.unknown_associate.is_none() {
+            tracing::info!(feip = %k, %node, "holder decided elsewhere and not confirmed; reading it back before associating");
+            m.unknown_associate = Some((target.clone(), Instant::now()));
+            m.decided_here = Some(node.to_owned());
+        }
+    });
 }
 
 /// How long after an AssociateAddress with an unknown outcome it is only read back, not

@@ -112,6 +112,11 @@ pub(super) struct AddressMemory {
     /// may have happened, so it is read back, and not resent while EC2 may still be catching
     /// up (see `apply::associate`).
     pub(super) unknown_associate: Option<(Target, Instant)>,
+    /// The holder this process last wrote to the Lease as a decision. An unconfirmed Lease
+    /// naming another node was decided elsewhere (a previous leader, or this process before a
+    /// restart), whose AssociateAddress may have been sent: it is treated as an associate of
+    /// unknown outcome (read back before resending, see `apply::act`).
+    pub(super) decided_here: Option<String>,
 }
 
 #[derive(Clone, Debug)]
