@@ -621,14 +621,16 @@ impl Ec2 {
     }
 
     /// Associates the address with an interface and private IP. `AllowReassociation` is sent
-    /// explicitly: omitted, moto treats it as false, unlike AWS. The permit is taken after the
-    /// budget wait (see [`Ec2::mutate`]).
+    /// explicitly (`reassociate`: false when the address was read unassociated, so an
+    /// association made since is refused, not taken). The permit is taken after the budget
+    /// wait (see [`Ec2::mutate`]).
     pub async fn associate(
         &self,
         leadership: &Leadership,
         allocation_id: &str,
         network_interface_id: &str,
         private_ip: &str,
+        reassociate: bool,
     ) -> Result<String, Ec2Error> {
         let out = self
             .mutate("AssociateAddress", leadership, |client, _permit| {
@@ -640,7 +642,7 @@ impl Ec2 {
                     .allocation_id(allocation_id)
                     .network_interface_id(network_interface_id)
                     .private_ip_address(private_ip)
-                    .allow_reassociation(true)
+                    .allow_reassociation(reassociate)
                     .customize()
                     .config_override(
                         aws_sdk_ec2::config::Builder::default()

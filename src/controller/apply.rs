@@ -99,6 +99,8 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
         decision: &decision,
         plan: &plan,
         lease,
+        read_age: snapshot.address_read_age,
+        max_read_age: snapshot.max_read_age,
         now,
     };
 
@@ -176,6 +178,9 @@ struct Pass<'a> {
     plan: &'a Plan,
     /// The holder Lease as the reconcile found it.
     lease: Option<&'a Lease>,
+    /// Age of the address read the decision rests on, and how old it may be to act on.
+    read_age: Option<Duration>,
+    max_read_age: Duration,
     now: Timestamp,
 }
 
@@ -312,6 +317,10 @@ async fn act(
                 return None;
             }
             inherit_decision(ctx, k, pass.plan.confirmed, node, target);
+            if let Err(e) = read_afresh_if_old(ctx, pass, current).await {
+                outcome.error = Some(e);
+                return Some(outcome);
+            }
             match associate(ctx, k, current, target, spec.confirm_timeout).await {
                 Err(Ec2Error::NotSent { .. }) => return None,
                 Ok(info) => {
@@ -323,7 +332,10 @@ async fn act(
                     publish(ctx, f, EventType::Normal, "Associated", note).await;
                 }
                 Err(e) => {
-                    if !e.is_unknown() && e.blames_target() {
+                    // AlreadyAssociated: associated by somebody since the read (we did not
+                    // ask to reassociate), which is no fault of the node.
+                    let raced = e.code() == Some("Resource.AlreadyAssociated");
+                    if !e.is_unknown() && e.blames_target() && !raced {
                         let threshold = spec.policy.migration_threshold;
                         let (kind, reason) = (FailureKind::AssociateFailed, e.to_string());
                         decide::record_failure(failures, node, now, kind, reason, Some(threshold));
@@ -361,6 +373,54 @@ async fn act(
         }
     }
     Some(outcome)
+}
+
+/// Before an associate decided on an address read older than the bound (the monitor is
+/// stalled: slow DescribeInstances, a starved budget), the address is read afresh. If it
+/// changed meanwhile (somebody associated it elsewhere), nothing is sent: the fresh state goes
+/// into the view and the next pass decides on it (rule 5: an association made since is not
+/// taken with `AllowReassociation`). A failing fresh read leaves the state unknown.
+async fn read_afresh_if_old(
+    ctx: &Context,
+    pass: &Pass<'_>,
+    current: &AddressInfo,
+) -> Result<(), Ec2Error> {
+    let Some(age) = pass.read_age.filter(|age| *age > pass.max_read_age) else {
+        return Ok(());
+    };
+    let allocation_id = current.allocation_id.clone();
+    let fresh = ctx
+        .ec2
+        .describe_addresses(std::slice::from_ref(&allocation_id), &[])
+        .await
+        .map_err(|e| Ec2Error::Unknown {
+            operation: "DescribeAddresses",
+            reason: format!(
+                "the last address read is {:.1}s old, above the {}s bound for acting on one, and a fresh read failed: {e}",
+                age.as_secs_f64(),
+                pass.max_read_age.as_secs_f64()
+            ),
+            throttled: false,
+        })?;
+    let Some(fresh) = fresh.by_allocation.get(&allocation_id) else {
+        return Ok(());
+    };
+    fn association(a: &AddressInfo) -> (&Option<String>, &Option<String>, &Option<String>) {
+        (&a.association_id, &a.network_interface_id, &a.private_ip)
+    }
+    if association(fresh) == association(current) {
+        return Ok(());
+    }
+    tracing::info!(feip = %pass.key, ?fresh, "address changed since the last read; deciding again");
+    lock(&ctx.view).addresses.insert(fresh.clone());
+    Err(Ec2Error::Unknown {
+        operation: "DescribeAddresses",
+        reason: format!(
+            "the address changed since the last read ({:.1}s old); deciding again on a fresh one",
+            age.as_secs_f64()
+        ),
+        throttled: false,
+    })
 }
 
 /// An unconfirmed holder decision that this process did not write (a previous leader's, cut
@@ -421,9 +481,18 @@ async fn associate(
             throttled: false,
         });
     } else {
+        // Reassociation only takes what the read showed: from an unassociated read, an
+        // association somebody made since makes EC2 refuse instead of feip taking it.
+        let reassociate = current.association_id.is_some();
         let sent = ctx
             .ec2
-            .associate(&ctx.leadership, allocation_id, eni, &target.private_ip)
+            .associate(
+                &ctx.leadership,
+                allocation_id,
+                eni,
+                &target.private_ip,
+                reassociate,
+            )
             .await;
         if let Err(e) = &sent
             && e.is_unknown()

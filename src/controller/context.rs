@@ -194,9 +194,13 @@ impl Context {
             Ec2Reads::NoneSinceLeadership
         };
         let ns = f.namespace().unwrap_or_default();
+        let max_age = super::observe::max_read_age(super::spec::resolve(f).monitor_interval);
+        let now = Instant::now();
         let view = lock(&self.view);
         Snapshot {
-            address: lookup_address(&view, reads, f),
+            address: lookup_address(&view, reads, f, now, max_age),
+            address_read_age: view.addresses_at.map(|at| now.saturating_duration_since(at)),
+            max_read_age: max_age,
             ec2_unreadable: view.addresses_error.is_some(),
             address_reads: view.address_reads,
             ip_to_allocation: view
@@ -355,6 +359,10 @@ pub(super) fn key(obj: &FloatingElasticIP) -> String {
 /// The reads of [`Context::snapshot`].
 pub(super) struct Snapshot {
     pub(super) address: AddressLookup,
+    /// How old the last successful DescribeAddresses was when this snapshot was taken.
+    pub(super) address_read_age: Option<Duration>,
+    /// How old it may be to act on (see [`super::observe::max_read_age`]).
+    pub(super) max_read_age: Duration,
     /// The last DescribeAddresses failed.
     pub(super) ec2_unreadable: bool,
     /// The view's read count (see [`Ec2View::address_reads`]).

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -648,12 +649,27 @@ pub(super) fn lookup_address(
     view: &Ec2View,
     reads: Ec2Reads,
     f: &FloatingElasticIP,
+    now: Instant,
+    max_age: Duration,
 ) -> AddressLookup {
     if reads == Ec2Reads::NoneSinceLeadership {
         return AddressLookup::NotReadSinceLeadership;
     }
     if let Some(e) = &view.addresses_error {
-        return AddressLookup::Unreadable(e.clone());
+        // While DescribeAddresses fails (a throttling storm), the last good read still counts
+        // if it is recent enough to act on: a definitely dead holder is replaced on it rather
+        // than after the storm. Older, the state is unknown and status says why.
+        match view.addresses_at.map(|at| now.saturating_duration_since(at)) {
+            Some(age) if age <= max_age => {}
+            Some(age) => {
+                return AddressLookup::Unreadable(format!(
+                    "{e}; the last address read is {:.1}s old, above the {}s bound for acting on one (twice monitor.interval)",
+                    age.as_secs_f64(),
+                    max_age.as_secs_f64()
+                ));
+            }
+            None => return AddressLookup::Unreadable(e.clone()),
+        }
     }
     let (k, found) = match (&f.spec.allocation_id, &f.spec.public_ip) {
         (Some(a), _) => (a, view.addresses.by_allocation.get(a)),
@@ -665,6 +681,15 @@ pub(super) fn lookup_address(
         None if view.covered.contains(k) => AddressLookup::Absent,
         None => AddressLookup::NotLookedUpYet,
     }
+}
+
+/// How old the last address read may be for a move to be decided on it (and, before a
+/// mutation, without reading the address afresh): twice the address's monitor interval, so
+/// normal monitor passes never need an extra read, while a stalled monitor or a read storm
+/// cannot make feip act on an arbitrarily old picture (an association made since could be
+/// taken; rule 5).
+pub(super) fn max_read_age(monitor_interval: Duration) -> Duration {
+    monitor_interval * 2
 }
 
 /// The address as `decide` sees it.

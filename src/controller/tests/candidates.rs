@@ -3,6 +3,7 @@
 //! Lease), `observe::lookup_address` and `observe::observe_address`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::aws::AddressInfo;
 use crate::decide::{AddressObservation, Eligibility, NodeHealth, Target};
@@ -838,6 +839,14 @@ fn view_with(lookup: &[(&str, AddressInfo)], covered: &[&str], error: Option<&st
     v
 }
 
+/// The bound of `lookup_address` in these rows (a 1 s monitor interval).
+const BOUND: Duration = Duration::from_secs(2);
+
+/// One instant for all rows, far enough from the process start to subtract from.
+fn t0() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(3600)
+}
+
 #[test]
 fn lookup_address_table() {
     let by_alloc = feip(spec(serde_json::json!({})));
@@ -853,55 +862,81 @@ fn lookup_address_table() {
         &[ALLOC],
         Some("DescribeAddresses outcome unknown: timeout"),
     );
+    let now = t0();
+    let read_at = |age: u64| {
+        let mut v = view_with(
+            &[("a", address_on(Some("a")))],
+            &[ALLOC],
+            Some("DescribeAddresses outcome unknown: throttled"),
+        );
+        v.addresses_at = now.checked_sub(Duration::from_secs(age));
+        v
+    };
+    let recent = read_at(1);
+    let old = read_at(3);
+    assert_rows(vec![
+        (
+            "describe_error_with_a_recent_good_read_acts_on_it",
+            lookup_address(&recent, Ec2Reads::SinceLeadership, &by_alloc, now, BOUND),
+            AddressLookup::Found(address_on(Some("a"))),
+        ),
+        (
+            "describe_error_with_an_old_good_read_is_unreadable_and_says_why",
+            lookup_address(&old, Ec2Reads::SinceLeadership, &by_alloc, now, BOUND),
+            AddressLookup::Unreadable(
+                "DescribeAddresses outcome unknown: throttled; the last address read is 3.0s old, above the 2s bound for acting on one (twice monitor.interval)".into(),
+            ),
+        ),
+    ]);
     assert_rows(vec![
         (
             "not_fresh_since_leadership_ignores_what_is_cached",
-            lookup_address(&found, Ec2Reads::NoneSinceLeadership, &by_alloc),
+            lookup_address(&found, Ec2Reads::NoneSinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
             "not_fresh_wins_over_an_error",
-            lookup_address(&failing, Ec2Reads::NoneSinceLeadership, &by_alloc),
+            lookup_address(&failing, Ec2Reads::NoneSinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
             "describe_error_is_unreadable_even_with_cached_data",
-            lookup_address(&failing, Ec2Reads::SinceLeadership, &by_alloc),
+            lookup_address(&failing, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::Unreadable("DescribeAddresses outcome unknown: timeout".into()),
         ),
         (
             "allocation_id_found",
-            lookup_address(&found, Ec2Reads::SinceLeadership, &by_alloc),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::Found(address_on(Some("a"))),
         ),
         (
             "allocation_id_covered_but_absent",
-            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_alloc),
+            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::Absent,
         ),
         (
             "allocation_id_not_covered_yet",
-            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_alloc),
+            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
             AddressLookup::NotLookedUpYet,
         ),
         (
             "public_ip_found",
-            lookup_address(&found, Ec2Reads::SinceLeadership, &by_ip),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &by_ip, t0(), BOUND),
             AddressLookup::Found(address_on(Some("a"))),
         ),
         (
             "public_ip_covered_but_absent",
-            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_ip),
+            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_ip, t0(), BOUND),
             AddressLookup::Absent,
         ),
         (
             "public_ip_not_covered_yet",
-            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_ip),
+            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_ip, t0(), BOUND),
             AddressLookup::NotLookedUpYet,
         ),
         (
             "no_allocation_id_nor_public_ip",
-            lookup_address(&found, Ec2Reads::SinceLeadership, &neither),
+            lookup_address(&found, Ec2Reads::SinceLeadership, &neither, t0(), BOUND),
             AddressLookup::NoAddressInSpec,
         ),
     ]);
