@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use feip::testenv::scenario::{Scenario, active_on, condition};
-use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule, ec2_client, wait_for};
+use feip::testenv::scenario::{Scenario, active_on, condition, wait_ready};
+use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule, TestController, ec2_client, wait_for};
 
 fn storm(s: &Scenario) {
     for action in ["DescribeAddresses", "DescribeInstances"] {
@@ -95,12 +95,18 @@ async fn a_read_too_old_to_act_on_holds_the_move_and_status_says_why() -> anyhow
     s.proxy.clear_log();
 
     storm(&s);
+    let too_old = |st: &feip::crd::FloatingElasticIPStatus| {
+        condition(st, "Degraded").is_some_and(|c| {
+            c.reason == "Ec2Unknown" && c.message.contains("old") && c.message.contains("bound")
+        })
+    };
+    // The last good read has aged past the bound before the holder dies.
+    s.wait_status("web", "the read too old", too_old).await?;
     s.nodes[0].stop();
+    // The holder's death is decided (the Lease names node 1); the EC2 move waits.
     let st = s
-        .wait_status("web", "the wait explained", |st| {
-            condition(st, "Degraded").is_some_and(|c| {
-                c.reason == "Ec2Unknown" && c.message.contains("old") && c.message.contains("bound")
-            })
+        .wait_status("web", "the move decided and the wait explained", |st| {
+            too_old(st) && st.holder.as_ref().is_some_and(|h| h.node == s.node(1))
         })
         .await?;
     let msg = condition(&st, "Degraded").map(|c| c.message.clone());
@@ -126,11 +132,22 @@ async fn a_read_too_old_to_act_on_holds_the_move_and_status_says_why() -> anyhow
 async fn an_association_made_after_an_old_read_is_not_taken() -> anyhow::Result<()> {
     let mut s = Scenario::new("storm-foreign", &[AZ_A, AZ_C]).await?;
     let bastion = s.moto.launch_instance(AZ_A).await?;
-    s.run().await?;
+    // EC2 calls may take up to 2 x 2 s here (the margin and the lease grow with them), so a
+    // monitor pass slowed to 3 s by DescribeInstances completes instead of timing out.
+    let mut o = s.options("replica-0");
+    o.ec2_timeout = Duration::from_secs(2);
+    o.safety_margin = Duration::from_millis(4500);
+    o.lease_duration = Duration::from_secs(8);
+    o.renew_deadline = Duration::from_secs(6);
+    let c = TestController::start(s.client.clone(), &s.proxy.url(), o).await?;
+    wait_ready(&c, s.wait).await?;
+    s.controllers.push(c);
     s.create("web", s.spec(serde_json::json!({}))).await?;
     s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
         .await?;
 
+    // Each pass's DescribeInstances takes 3 s, so the address read a pass stores is over 3 s
+    // old, above the 2 s bound.
     s.proxy.inject(FaultRule::always(
         "DescribeInstances",
         Fault::Latency(Duration::from_secs(3)),
