@@ -7,17 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kube::Client;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::aws::{Budget, Ec2, Observer};
 use crate::controller::Settings;
+use crate::kube_client::KubeClients;
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 
 /// How long a graceful stop waits for the controller and for the election to end.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// `--kube-timeout`: the deadline of one Kubernetes call of the reconcile path.
+pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `--stuck-reconcile-after`: how long a reconcile may run before `/healthz` fails.
+pub const DEFAULT_STUCK_RECONCILE_AFTER: Duration = Duration::from_secs(120);
 
 /// Everything a controller process is configured with (the `feip controller` flags).
 #[derive(Clone, Debug)]
@@ -37,6 +42,10 @@ pub struct ControllerConfig {
     pub ec2_timeout: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub health_addr: Option<SocketAddr>,
+    /// Deadline of one Kubernetes API call of the reconcile path (response and body).
+    pub kube_timeout: Duration,
+    /// `/healthz` fails while this replica leads and a reconcile has been running this long.
+    pub stuck_reconcile_after: Duration,
 }
 
 impl ControllerConfig {
@@ -54,6 +63,8 @@ impl ControllerConfig {
             safety_margin: Duration::from_secs(5),
             ec2_timeout: Duration::from_secs(2),
             health_addr: None,
+            kube_timeout: DEFAULT_KUBE_TIMEOUT,
+            stuck_reconcile_after: DEFAULT_STUCK_RECONCILE_AFTER,
         }
     }
 
@@ -102,11 +113,12 @@ pub struct Running {
 /// Validates `config`, then starts the HTTP endpoints (if configured), the election and the
 /// controller. `sdk` is the EC2 client (its region, endpoint and credentials are the caller's).
 pub async fn start(
-    client: Client,
+    clients: impl Into<KubeClients>,
     sdk: aws_sdk_ec2::Client,
     config: ControllerConfig,
 ) -> anyhow::Result<Running> {
     config.validate()?;
+    let clients: KubeClients = clients.into();
     let metrics = Arc::new(Metrics::new());
     let observed = metrics.clone();
     let observer: Observer =
@@ -142,7 +154,7 @@ pub async fn start(
         None => None,
     };
     let elector = tokio::spawn(crate::leader::run(
-        client.clone(),
+        clients.election.clone(),
         config.leader_config(),
         leadership.clone(),
         stopped(&stop),
@@ -152,7 +164,7 @@ pub async fn start(
         instance: config.identity.clone(),
     };
     let controller = tokio::spawn(crate::controller::run(
-        client,
+        clients,
         ec2,
         leadership.clone(),
         metrics.clone(),

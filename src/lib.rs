@@ -12,6 +12,7 @@ pub mod crd;
 pub mod decide;
 pub mod health;
 pub mod http;
+pub mod kube_client;
 pub mod kube_ext;
 pub mod leader;
 pub mod metrics;

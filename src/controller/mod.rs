@@ -104,7 +104,7 @@ impl Error {
 
 /// Runs the controller until `shutdown` resolves. `ready` turns true once every cache synced.
 pub async fn run(
-    client: Client,
+    clients: crate::kube_client::KubeClients,
     ec2: Ec2,
     leadership: Leadership,
     metrics: Arc<Metrics>,
@@ -112,6 +112,10 @@ pub async fn run(
     ready: tokio::sync::watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    // Watches (and their LISTs) use their own client; everything a reconcile sends uses
+    // `requests` (see crate::kube_client).
+    let client = clients.watches.clone();
+    let requests = clients.requests.clone();
     let feip_api: Api<FloatingElasticIP> = match settings.namespaces.as_slice() {
         [one] => Api::namespaced(client.clone(), one),
         _ => Api::all(client.clone()),
@@ -129,12 +133,12 @@ pub async fn run(
     let probes = Arc::new(Probes::new(changed.clone()));
     let (targeted, targeted_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: requests.clone(),
         ec2,
         leadership: leadership.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(
-            client.clone(),
+            requests.clone(),
             Reporter {
                 controller: MANAGER.into(),
                 instance: Some(settings.instance.clone()),
