@@ -14,6 +14,7 @@ use crate::aws::{Budget, Ec2, Observer};
 use crate::controller::Settings;
 use crate::kube_client::KubeClients;
 use crate::leader::{LeaderConfig, Leadership};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 
 /// How long a graceful stop waits for the controller and for the election to end.
@@ -94,7 +95,20 @@ impl ControllerConfig {
                 self.ec2_timeout
             );
         }
+        if self.kube_timeout.is_zero() {
+            bail!("--kube-timeout must be above zero");
+        }
+        if self.stuck_reconcile_after.is_zero() {
+            bail!("--stuck-reconcile-after must be above zero");
+        }
         self.leader_config().validate()
+    }
+
+    /// The deadline of one election call: half the renew deadline, so that after a call lost
+    /// on a silent connection a retry on a new connection (after the retry period) still
+    /// fits before the renew deadline would end leadership.
+    pub fn election_call_timeout(&self) -> Duration {
+        self.renew_deadline / 2
     }
 }
 
@@ -119,6 +133,12 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     config.validate()?;
     let clients: KubeClients = clients.into();
+    // Every call outside the watches has a deadline (see crate::kube_client).
+    let clients = KubeClients {
+        requests: crate::kube_client::bounded(clients.requests, config.kube_timeout),
+        election: crate::kube_client::bounded(clients.election, config.election_call_timeout()),
+        watches: clients.watches,
+    };
     let metrics = Arc::new(Metrics::new());
     let observed = metrics.clone();
     let observer: Observer =
@@ -130,6 +150,7 @@ pub async fn start(
         Some(observer),
     );
     let leadership = Leadership::new();
+    let liveness = Liveness::new(leadership.clone(), config.stuck_reconcile_after);
     let (ready_tx, ready) = watch::channel(false);
     let (stop, _) = broadcast::channel::<()>(1);
     let stopped = |tx: &broadcast::Sender<()>| {
@@ -148,6 +169,7 @@ pub async fn start(
                 listener,
                 metrics.clone(),
                 ready.clone(),
+                liveness.clone(),
                 stopped(&stop),
             )))
         }
@@ -168,6 +190,7 @@ pub async fn start(
         ec2,
         leadership.clone(),
         metrics.clone(),
+        liveness,
         settings,
         ready_tx,
         stopped(&stop),
@@ -275,5 +298,21 @@ mod tests {
         let mut c = ControllerConfig::new("", "feip-system");
         c.identity.clear();
         assert!(c.validate().is_err(), "an empty identity means released");
+    }
+
+    #[test]
+    fn zero_kubernetes_bounds_are_refused() {
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.kube_timeout = Duration::ZERO;
+        let err = c.validate().expect_err("no deadline").to_string();
+        assert!(err.contains("--kube-timeout"), "{err}");
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.stuck_reconcile_after = Duration::ZERO;
+        let err = c.validate().expect_err("always stuck").to_string();
+        assert!(err.contains("--stuck-reconcile-after"), "{err}");
+        assert_eq!(
+            ControllerConfig::new("a", "b").election_call_timeout(),
+            Duration::from_secs(5)
+        );
     }
 }

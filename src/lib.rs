@@ -15,6 +15,7 @@ pub mod http;
 pub mod kube_client;
 pub mod kube_ext;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod telemetry;
 
