@@ -51,7 +51,8 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     /// The `feip controller` defaults: lease 15 s, renew deadline 10 s, retry 2 s, safety
-    /// margin 5 s, EC2 attempt timeout 2 s, every namespace, no HTTP endpoints.
+    /// margin 5 s, EC2 attempt timeout 2 s, Kubernetes call deadline 5 s, stuck reconcile
+    /// bound 120 s, every namespace, no HTTP endpoints.
     pub fn new(identity: impl Into<String>, leader_election_namespace: impl Into<String>) -> Self {
         Self {
             identity: identity.into(),
