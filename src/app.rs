@@ -7,17 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kube::Client;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::aws::{Budget, Ec2, Observer};
 use crate::controller::Settings;
+use crate::kube_client::KubeClients;
 use crate::leader::{LeaderConfig, Leadership};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 
 /// How long a graceful stop waits for the controller and for the election to end.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// `--kube-timeout`: the deadline of one Kubernetes call of the reconcile path.
+pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `--stuck-reconcile-after`: how long a reconcile may run before `/healthz` fails.
+pub const DEFAULT_STUCK_RECONCILE_AFTER: Duration = Duration::from_secs(120);
 
 /// Everything a controller process is configured with (the `feip controller` flags).
 #[derive(Clone, Debug)]
@@ -37,11 +43,16 @@ pub struct ControllerConfig {
     pub ec2_timeout: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub health_addr: Option<SocketAddr>,
+    /// Deadline of one Kubernetes API call of the reconcile path (response and body).
+    pub kube_timeout: Duration,
+    /// `/healthz` fails while this replica leads and a reconcile has been running this long.
+    pub stuck_reconcile_after: Duration,
 }
 
 impl ControllerConfig {
     /// The `feip controller` defaults: lease 15 s, renew deadline 10 s, retry 2 s, safety
-    /// margin 5 s, EC2 attempt timeout 2 s, every namespace, no HTTP endpoints.
+    /// margin 5 s, EC2 attempt timeout 2 s, Kubernetes call deadline 5 s, stuck reconcile
+    /// bound 120 s, every namespace, no HTTP endpoints.
     pub fn new(identity: impl Into<String>, leader_election_namespace: impl Into<String>) -> Self {
         Self {
             identity: identity.into(),
@@ -54,6 +65,8 @@ impl ControllerConfig {
             safety_margin: Duration::from_secs(5),
             ec2_timeout: Duration::from_secs(2),
             health_addr: None,
+            kube_timeout: DEFAULT_KUBE_TIMEOUT,
+            stuck_reconcile_after: DEFAULT_STUCK_RECONCILE_AFTER,
         }
     }
 
@@ -83,7 +96,20 @@ impl ControllerConfig {
                 self.ec2_timeout
             );
         }
+        if self.kube_timeout.is_zero() {
+            bail!("--kube-timeout must be above zero");
+        }
+        if self.stuck_reconcile_after.is_zero() {
+            bail!("--stuck-reconcile-after must be above zero");
+        }
         self.leader_config().validate()
+    }
+
+    /// The deadline of one election call: half the renew deadline, so that after a call lost
+    /// on a silent connection a retry on a new connection (after the retry period) still
+    /// fits before the renew deadline would end leadership.
+    pub fn election_call_timeout(&self) -> Duration {
+        self.renew_deadline / 2
     }
 }
 
@@ -105,11 +131,18 @@ pub struct Running {
 /// Validates `config`, then starts the HTTP endpoints (if configured), the election and the
 /// controller. `sdk` is the EC2 client (its region, endpoint and credentials are the caller's).
 pub async fn start(
-    client: Client,
+    clients: impl Into<KubeClients>,
     sdk: aws_sdk_ec2::Client,
     config: ControllerConfig,
 ) -> anyhow::Result<Running> {
     config.validate()?;
+    let clients: KubeClients = clients.into();
+    // Every call outside the watches has a deadline (see crate::kube_client).
+    let clients = KubeClients {
+        requests: crate::kube_client::bounded(clients.requests, config.kube_timeout),
+        election: crate::kube_client::bounded(clients.election, config.election_call_timeout()),
+        watches: clients.watches,
+    };
     let metrics = Arc::new(Metrics::new());
     let observed = metrics.clone();
     let observer: Observer =
@@ -121,6 +154,7 @@ pub async fn start(
         Some(observer),
     );
     let leadership = Leadership::new();
+    let liveness = Liveness::new(leadership.clone(), config.stuck_reconcile_after);
     let (ready_tx, ready) = watch::channel(false);
     let (stop, _) = broadcast::channel::<()>(1);
     let stopped = |tx: &broadcast::Sender<()>| {
@@ -139,13 +173,14 @@ pub async fn start(
                 listener,
                 metrics.clone(),
                 ready.clone(),
+                liveness.clone(),
                 stopped(&stop),
             )))
         }
         None => None,
     };
     let elector = tokio::spawn(crate::leader::run(
-        client.clone(),
+        clients.election.clone(),
         config.leader_config(),
         leadership.clone(),
         stopped(&stop),
@@ -155,10 +190,11 @@ pub async fn start(
         instance: config.identity.clone(),
     };
     let controller = tokio::spawn(crate::controller::run(
-        client,
+        clients,
         ec2,
         leadership.clone(),
         metrics.clone(),
+        liveness,
         settings,
         ready_tx,
         stopped(&stop),
@@ -278,5 +314,21 @@ mod tests {
         let mut c = ControllerConfig::new("", "feip-system");
         c.identity.clear();
         assert!(c.validate().is_err(), "an empty identity means released");
+    }
+
+    #[test]
+    fn zero_kubernetes_bounds_are_refused() {
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.kube_timeout = Duration::ZERO;
+        let err = c.validate().expect_err("no deadline").to_string();
+        assert!(err.contains("--kube-timeout"), "{err}");
+        let mut c = ControllerConfig::new("replica-a", "feip-system");
+        c.stuck_reconcile_after = Duration::ZERO;
+        let err = c.validate().expect_err("always stuck").to_string();
+        assert!(err.contains("--stuck-reconcile-after"), "{err}");
+        assert_eq!(
+            ControllerConfig::new("a", "b").election_call_timeout(),
+            Duration::from_secs(5)
+        );
     }
 }

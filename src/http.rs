@@ -13,21 +13,42 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::liveness::Liveness;
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 
 #[derive(Clone)]
 struct HttpState {
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+    liveness: Arc<Liveness>,
 }
 
-/// The HTTP routes: `/healthz` (alive), `/readyz` (503 until `ready` is true), `/metrics`.
-pub fn router(metrics: Arc<Metrics>, ready: watch::Receiver<bool>) -> Router {
+/// The HTTP routes: `/healthz` (503 with the reason when [`Liveness::check`] fails, so the
+/// kubelet restarts a stuck replica), `/readyz` (503 until `ready` is true), `/metrics`.
+pub fn router(
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    liveness: Arc<Liveness>,
+) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .with_state(HttpState { metrics, ready })
+        .with_state(HttpState {
+            metrics,
+            ready,
+            liveness,
+        })
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    match state.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => {
+            tracing::warn!(reason = %why, "/healthz failing");
+            (StatusCode::SERVICE_UNAVAILABLE, why)
+        }
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
@@ -57,9 +78,10 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+    liveness: Arc<Liveness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_on(bind(addr).await?, metrics, ready, shutdown).await
+    serve_on(bind(addr).await?, metrics, ready, liveness, shutdown).await
 }
 
 /// Serves the health and metrics endpoints on an already bound listener until `shutdown`
@@ -68,11 +90,12 @@ pub async fn serve_on(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+    liveness: Arc<Liveness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    axum::serve(listener, router(metrics, ready))
+    axum::serve(listener, router(metrics, ready, liveness))
         .with_graceful_shutdown(shutdown)
         .await
         .with_context(|| format!("HTTP endpoint on {addr}"))
@@ -81,6 +104,7 @@ pub async fn serve_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A plain HTTP/1.1 GET over a fresh connection; returns (status, content-type, body).
@@ -115,12 +139,25 @@ mod tests {
         metrics.set_leader(true);
         let (ready_tx, ready_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_on(listener, metrics, ready_rx, async {
-            let _ = stop_rx.await;
-        }));
+        let liveness = Liveness::new(crate::leader::Leadership::new(), Duration::from_secs(60));
+        let server = tokio::spawn(serve_on(
+            listener,
+            metrics,
+            ready_rx,
+            liveness.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
 
         let (status, _, body) = get(addr, "/healthz").await?;
         assert_eq!((status, body.as_str()), (200, "ok"));
+        liveness.task_ended("monitor", "panicked");
+        let (status, _, body) = get(addr, "/healthz").await?;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "background task monitor panicked")
+        );
         assert_eq!(
             get(addr, "/readyz").await?.0,
             503,

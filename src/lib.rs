@@ -12,8 +12,10 @@ pub mod crd;
 pub mod decide;
 pub mod health;
 pub mod http;
+pub mod kube_client;
 pub mod kube_ext;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod telemetry;
 

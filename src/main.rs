@@ -55,9 +55,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             kube::Config::incluster().context("no --kubeconfig and not running in a cluster")?
         }
     };
-    let client = kube::Client::try_from(kube_config)?;
+    // Watches, reconcile calls and the election get clients (connection pools) of their own,
+    // with TCP keepalive; app::start adds the call deadlines (see feip::kube_client).
+    let clients = feip::kube_client::KubeClients::from_config(&kube_config)?;
     let sdk = feip::aws::Ec2::from_env(args.aws_region.clone(), args.ec2_timeout).await;
-    let mut running = feip::app::start(client, sdk, config).await?;
+    let mut running = feip::app::start(clients, sdk, config).await?;
     let ended = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");

@@ -222,6 +222,13 @@ pub struct ControllerArgs {
     /// Timeout of one EC2 call attempt.
     #[arg(long, env = "FEIP_EC2_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub ec2_timeout: Duration,
+    /// Deadline of one Kubernetes API call of the reconcile path (a timed-out call is retried).
+    #[arg(long, env = "FEIP_KUBE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub kube_timeout: Duration,
+    /// /healthz fails while leading when a reconcile has run this long (longer than any
+    /// legitimate reconcile), so the kubelet restarts a stuck replica.
+    #[arg(long, env = "FEIP_STUCK_RECONCILE_AFTER", default_value = "120s", value_parser = parse_duration)]
+    pub stuck_reconcile_after: Duration,
 }
 
 impl ControllerArgs {
@@ -243,6 +250,8 @@ impl ControllerArgs {
             safety_margin: self.safety_margin,
             ec2_timeout: self.ec2_timeout,
             health_addr: Some(self.health_addr),
+            kube_timeout: self.kube_timeout,
+            stuck_reconcile_after: self.stuck_reconcile_after,
         }
     }
 }

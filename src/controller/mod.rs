@@ -45,6 +45,7 @@ use crate::aws::Ec2;
 use crate::crd::{FINALIZER, FloatingElasticIP};
 use crate::health::{Heartbeats, Probes};
 use crate::leader::Leadership;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 
 use apply::{apply, backoff, until_mutation_allowed};
@@ -82,14 +83,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The `kind` label of `feip_reconcile_errors_total`. `timeout`: a Kubernetes call got no
+    /// answer within its deadline (outcome unknown; see crate::kube_client).
     pub(super) fn kind(&self) -> &'static str {
+        let kube_kind = |e: &kube::Error| {
+            if crate::kube_client::is_timeout(e) {
+                "timeout"
+            } else {
+                "kube"
+            }
+        };
         match self {
-            Error::Kube(_) => "kube",
+            Error::Kube(e) => kube_kind(e),
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
-                kube::runtime::finalizer::Error::AddFinalizer(_)
-                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kube",
+                kube::runtime::finalizer::Error::AddFinalizer(e)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(e) => kube_kind(e),
                 _ => "finalizer",
             },
             Error::Blocked(_) => "blocked",
@@ -102,16 +112,23 @@ impl Error {
     }
 }
 
-/// Runs the controller until `shutdown` resolves. `ready` turns true once every cache synced.
+/// Runs the controller until `shutdown` resolves. `ready` turns true once every cache synced;
+/// `liveness` learns of every reconcile and of background tasks that end.
+#[allow(clippy::too_many_arguments)] // the process wiring's handles, each used apart
 pub async fn run(
-    client: Client,
+    clients: crate::kube_client::KubeClients,
     ec2: Ec2,
     leadership: Leadership,
     metrics: Arc<Metrics>,
+    liveness: Arc<Liveness>,
     settings: Settings,
     ready: tokio::sync::watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    // Watches (and their LISTs) use their own client; everything a reconcile sends uses
+    // `requests` (see crate::kube_client).
+    let client = clients.watches.clone();
+    let requests = clients.requests.clone();
     let feip_api: Api<FloatingElasticIP> = match settings.namespaces.as_slice() {
         [one] => Api::namespaced(client.clone(), one),
         _ => Api::all(client.clone()),
@@ -129,12 +146,12 @@ pub async fn run(
     let probes = Arc::new(Probes::new(changed.clone()));
     let (targeted, targeted_rx) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client: requests.clone(),
         ec2,
         leadership: leadership.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(
-            client.clone(),
+            requests.clone(),
             Reporter {
                 controller: MANAGER.into(),
                 instance: Some(settings.instance.clone()),
@@ -156,36 +173,93 @@ pub async fn run(
         heartbeats_observed_since: Mutex::new(Instant::now()),
     });
 
-    // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes.
+    // Background tasks: caches, heartbeats, EC2 monitor, readiness, leadership changes. Each
+    // runs for the life of the controller (readiness ends once ready); one that ends or
+    // panics is reported to /healthz, since nothing would restart it.
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::channel::<()>(16);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_nodes(ctx.clone(), changed.clone(), node_stream));
-    tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
-    tasks.spawn(watch_holder_leases(ctx.clone(), lease_stream));
+    let mut names = HashMap::new();
+    let mut spawn = |name: &'static str, fut: futures::future::BoxFuture<'static, ()>| {
+        names.insert(tasks.spawn(fut).id(), name);
+    };
+    spawn(
+        "node watch",
+        Box::pin(watch_nodes(ctx.clone(), changed.clone(), node_stream)),
+    );
+    spawn(
+        "heartbeat staleness ticker",
+        Box::pin(heartbeat_staleness_ticker(ctx.clone(), changed.clone())),
+    );
+    spawn(
+        "holder lease watch",
+        Box::pin(watch_holder_leases(ctx.clone(), lease_stream)),
+    );
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.
     let heartbeats_synced = Arc::new(Notify::new());
-    tasks.spawn(heartbeats.run(client.clone(), heartbeats_synced.clone()));
-    tasks.spawn(restart_clocks_on_resync(
-        ctx.clone(),
-        changed.clone(),
-        heartbeats_synced,
-    ));
-    tasks.spawn(monitor(ctx.clone(), trigger_tx.clone()));
-    tasks.spawn(forward_changes(
-        ctx.clone(),
-        changed.clone(),
-        trigger_tx.clone(),
-    ));
-    tasks.spawn(watch_leadership(ctx.clone(), trigger_tx.clone()));
-    tasks.spawn(report_ready(ctx.clone(), ready));
+    spawn(
+        "heartbeat watch",
+        Box::pin(heartbeats.run(client.clone(), heartbeats_synced.clone())),
+    );
+    spawn(
+        "heartbeat resync",
+        Box::pin(restart_clocks_on_resync(
+            ctx.clone(),
+            changed.clone(),
+            heartbeats_synced,
+        )),
+    );
+    spawn(
+        "EC2 monitor",
+        Box::pin(monitor(ctx.clone(), trigger_tx.clone())),
+    );
+    spawn(
+        "change forwarder",
+        Box::pin(forward_changes(
+            ctx.clone(),
+            changed.clone(),
+            trigger_tx.clone(),
+        )),
+    );
+    spawn(
+        "leadership watch",
+        Box::pin(watch_leadership(ctx.clone(), trigger_tx.clone())),
+    );
+    spawn("readiness", Box::pin(report_ready(ctx.clone(), ready)));
+    let supervise = async {
+        while let Some(ended) = tasks.join_next_with_id().await {
+            let (id, how) = match ended {
+                Ok((id, ())) => (id, "returned"),
+                Err(e) if e.is_panic() => (e.id(), "panicked"),
+                Err(e) => (e.id(), "was cancelled"),
+            };
+            let name = names.get(&id).copied().unwrap_or("unknown task");
+            if name != "readiness" || how != "returned" {
+                liveness.task_ended(name, how);
+            }
+        }
+        std::future::pending::<()>().await;
+    };
 
-    controller
+    let reconcile_liveness = liveness.clone();
+    let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(16))
         .reconcile_all_on(trigger_rx)
         .reconcile_on(targeted_rx)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |obj, ctx| {
+                let liveness = reconcile_liveness.clone();
+                async move {
+                    // Progress tracking for /healthz: running until this future ends or is
+                    // dropped.
+                    let _running = liveness.reconcile_started(key(&obj));
+                    reconcile(obj, ctx).await
+                }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::trace!(object = %obj, "reconciled"),
@@ -194,8 +268,11 @@ pub async fn run(
                 }
                 Err(e) => tracing::warn!(error = %e, "controller error"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => {}
+        () = supervise => {}
+    }
     tasks.abort_all();
     Ok(())
 }

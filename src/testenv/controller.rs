@@ -3,13 +3,13 @@
 //! binary does), with timings short enough for tests that the binary also accepts. `kill`
 //! aborts everything without releasing leadership, like a crashed process.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
-
 use crate::app::{ControllerConfig, Running};
 use crate::aws::Ec2;
+use crate::kube_client::KubeClients;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
@@ -25,6 +25,12 @@ pub struct ControllerOptions {
     pub retry_period: Duration,
     pub safety_margin: Duration,
     pub ec2_timeout: Duration,
+    /// Deadline of one reconcile-path Kubernetes call.
+    pub kube_timeout: Duration,
+    /// `/healthz` fails while leading when a reconcile has run this long.
+    pub stuck_reconcile_after: Duration,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here (none by default).
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl ControllerOptions {
@@ -40,6 +46,9 @@ impl ControllerOptions {
             retry_period: Duration::from_millis(250),
             safety_margin: Duration::from_millis(1700),
             ec2_timeout: Duration::from_millis(800),
+            kube_timeout: Duration::from_secs(2),
+            stuck_reconcile_after: crate::app::DEFAULT_STUCK_RECONCILE_AFTER,
+            health_addr: None,
         }
     }
 }
@@ -54,7 +63,7 @@ pub struct TestController {
 }
 
 impl ControllerOptions {
-    /// The process configuration these options describe (no HTTP endpoints).
+    /// The process configuration these options describe.
     pub fn config(&self) -> ControllerConfig {
         let mut c = ControllerConfig::new(&self.identity, &self.namespace);
         c.namespaces = self.namespaces.clone();
@@ -63,13 +72,18 @@ impl ControllerOptions {
         c.retry_period = self.retry_period;
         c.safety_margin = self.safety_margin;
         c.ec2_timeout = self.ec2_timeout;
+        c.kube_timeout = self.kube_timeout;
+        c.stuck_reconcile_after = self.stuck_reconcile_after;
+        c.health_addr = self.health_addr;
         c
     }
 }
 
 impl TestController {
+    /// Starts a replica. One `Client` serves every purpose; a [`KubeClients`] routes watches,
+    /// reconcile calls and the election apart (e.g. through different proxies).
     pub async fn start(
-        client: Client,
+        clients: impl Into<KubeClients>,
         ec2_endpoint: &str,
         opts: ControllerOptions,
     ) -> anyhow::Result<Self> {
@@ -82,7 +96,7 @@ impl TestController {
             opts.ec2_timeout,
         )
         .await;
-        let running = crate::app::start(client, sdk, opts.config()).await?;
+        let running = crate::app::start(clients, sdk, opts.config()).await?;
         Ok(Self {
             identity: opts.identity,
             leadership: running.leadership.clone(),

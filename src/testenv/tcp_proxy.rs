@@ -1,7 +1,7 @@
 //! A TCP proxy between a client and the kube-apiserver (TLS passes through untouched) that
 //! tests use to cut one controller replica off the control plane while EC2 stays reachable.
 //!
-//! Three faults:
+//! Four faults:
 //! - [`TcpProxy::pause`]: a network partition. Bytes stop flowing on open connections and on
 //!   new ones (which are accepted but never answered); nothing is closed, so every request in
 //!   flight just hangs.
@@ -10,6 +10,10 @@
 //!   partition.
 //! - [`TcpProxy::reset`]: closes every open connection at once (watch disconnects, a load
 //!   balancer dropping connections); new connections work.
+//! - [`TcpProxy::black_hole_existing`]: every connection open at that instant goes silent for
+//!   good (an apiserver host that vanished behind a load balancer): nothing is relayed either
+//!   way and nothing is closed or reset, so requests on them hang and pooled idle ones hang
+//!   when next used. Connections accepted afterwards are relayed normally.
 //!
 //! [`kubeconfig_via`] writes a copy of a kubeconfig whose server is the proxy, so the client
 //! under test is built exactly as `feip controller --kubeconfig` builds it.
@@ -31,6 +35,8 @@ pub struct TcpProxy {
     addr: SocketAddr,
     paused: watch::Sender<bool>,
     resets: watch::Sender<u64>,
+    /// Connections with a sequence number below this are black-holed.
+    holes_below: watch::Sender<u64>,
     accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -42,6 +48,7 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let (paused, paused_rx) = watch::channel(false);
         let (resets, resets_rx) = watch::channel(0u64);
+        let (holes_below, holes_rx) = watch::channel(0u64);
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         let task = tokio::spawn(async move {
@@ -51,16 +58,17 @@ impl TcpProxy {
                 let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                count.fetch_add(1, Ordering::Relaxed);
+                let seq = count.fetch_add(1, Ordering::Relaxed) as u64;
                 let (paused, mut resets) = (paused_rx.clone(), resets_rx.clone());
+                let holes = holes_rx.clone();
                 resets.mark_unchanged();
                 connections.spawn(async move {
                     let Ok(outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        () = relay(inbound, outbound, paused) => {}
-                        // A reset drops both sockets.
+                        () = relay(inbound, outbound, paused, holes, seq) => {}
+                        // A reset drops both sockets (black-holed ones too).
                         _ = resets.changed() => {}
                     }
                 });
@@ -72,6 +80,7 @@ impl TcpProxy {
             addr,
             paused,
             resets,
+            holes_below,
             accepted,
             task,
         })
@@ -102,6 +111,12 @@ impl TcpProxy {
         self.resets.send_modify(|n| *n += 1);
     }
 
+    /// Black-holes every connection open now (see the module docs); later ones relay.
+    pub fn black_hole_existing(&self) {
+        let accepted = self.accepted.load(Ordering::Relaxed) as u64;
+        self.holes_below.send_replace(accepted);
+    }
+
     /// Connections accepted so far (a reconnect after [`reset`](Self::reset) shows up here).
     pub fn connections_accepted(&self) -> usize {
         self.accepted.load(Ordering::Relaxed)
@@ -114,14 +129,32 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Copies both directions until either side closes, holding bytes while paused.
-async fn relay(inbound: TcpStream, outbound: TcpStream, paused: watch::Receiver<bool>) {
+/// Copies both directions until either side closes, holding bytes while paused. Once the
+/// connection is black-holed nothing is read or written any more, but both sockets stay open
+/// (no FIN, no RST) until the connection task is dropped.
+async fn relay(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    paused: watch::Receiver<bool>,
+    mut holes: watch::Receiver<u64>,
+    seq: u64,
+) {
     let (in_read, in_write) = inbound.into_split();
     let (out_read, out_write) = outbound.into_split();
-    tokio::join!(
-        pump(in_read, out_write, paused.clone()),
-        pump(out_read, in_write, paused),
-    );
+    let pumps = async {
+        tokio::join!(
+            pump(in_read, out_write, paused.clone()),
+            pump(out_read, in_write, paused),
+        )
+    };
+    tokio::pin!(pumps);
+    tokio::select! {
+        _ = &mut pumps => {}
+        () = async { drop(holes.wait_for(|below| seq < *below).await) } => {
+            // `pumps` (which owns the sockets) stays alive but is never polled again.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn pump(
