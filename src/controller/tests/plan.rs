@@ -558,11 +558,50 @@ fn settle_table() {
             ..base()
         },
         Row {
-            name: "unhealthy_holder_is_not_renewed",
+            name: "holder_of_unknown_health_is_still_renewed",
             confirmed: true,
             renewed_at: Some(ts(-16)),
             holder_health: unknown("probe has no verdict yet"),
+            want: settled(true, false, true, None),
+            ..base()
+        },
+        Row {
+            name: "dead_holder_is_not_renewed",
+            confirmed: true,
+            renewed_at: Some(ts(-16)),
+            holder_health: dead("probe failed"),
             want: settled(true, false, false, None),
+            ..base()
+        },
+        Row {
+            name: "confirmed_holder_is_renewed_while_ec2_is_unknown",
+            confirmed: true,
+            renewed_at: Some(ts(-16)),
+            current: None,
+            want: settled(false, true, true, None),
+            ..base()
+        },
+        Row {
+            name: "confirmed_holder_renewed_recently_while_ec2_is_unknown_writes_nothing",
+            confirmed: true,
+            current: None,
+            want: settled(false, true, false, None),
+            ..base()
+        },
+        Row {
+            name: "dead_holder_while_ec2_is_unknown_is_not_renewed",
+            confirmed: true,
+            renewed_at: Some(ts(-16)),
+            current: None,
+            holder_health: dead("probe failed"),
+            want: settled(false, false, false, None),
+            ..base()
+        },
+        Row {
+            name: "unconfirmed_holder_is_not_confirmed_while_ec2_is_unknown",
+            renewed_at: Some(ts(-16)),
+            current: None,
+            want: settled(false, true, false, None),
             ..base()
         },
         Row {
