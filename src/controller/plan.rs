@@ -13,7 +13,9 @@ use kube::runtime::events::EventType;
 
 use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{FailoverRecord, FloatingElasticIP, FloatingElasticIPStatus};
-use crate::decide::{Action, ChangeReason, Decision, FailureRecord, NodeHealth, Target};
+use crate::decide::{
+    Action, AddressObservation, ChangeReason, Decision, FailureRecord, NodeHealth, Target,
+};
 
 use super::context::PendingFailover;
 use super::holder_lease::{
@@ -316,14 +318,22 @@ pub(super) fn settle(
             .is_some_and(|t| info.is_on(t))
     });
     let holder_healthy = holder_facts.is_some_and(|c| c.view.health == NodeHealth::Healthy);
+    let holder_dead = holder_facts.is_none_or(|c| matches!(c.view.health, NodeHealth::Dead { .. }));
     let renew_due = renewed_at.is_none_or(|t| {
         now.duration_since(t)
             > jiff::SignedDuration::try_from(lease_duration(spec) / 2).unwrap_or_default()
     });
+    // What the holder Lease promises (docs/semantics.md): a renewal vouches for the last
+    // confirmed state while nothing contradicts it. An unknown (EC2 not answering, the
+    // holder's health unreadable) is no contradiction, so it does not let the Lease lapse
+    // under workloads that follow Lease expiry; a dead holder or the address seen elsewhere
+    // does.
+    let address_unknown =
+        current.is_none() && matches!(observed.input.address, AddressObservation::Unknown { .. });
+    let vouched = (holder_on_target || address_unknown) && !holder_dead;
     let confirm_lease = !spec.policy.observe_only
         && holder.is_some()
-        && holder_on_target
-        && (!plan.confirmed || (holder_healthy && renew_due));
+        && ((holder_on_target && !plan.confirmed) || (plan.confirmed && vouched && renew_due));
     let clear_pin = f
         .spec
         .pin
