@@ -35,6 +35,26 @@ pub(super) async fn patch_status(
     Ok(())
 }
 
+/// Longest event note the API accepts (events.k8s.io/v1 `note`: 1 kB).
+pub(super) const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// The `action` and `note` of one event. The event recorder folds events with the same
+/// reason and action into one series, and a series keeps the note of its first occurrence:
+/// with the reason as action, nineteen different holder changes read as nineteen times the
+/// first one. The action therefore carries a digest of the note: repeats of one note still
+/// aggregate (a failure retried with backoff), a different note is an event of its own.
+pub(super) fn event_fields(reason: &str, note: String) -> (String, String) {
+    let note = super::status::bounded(note, MAX_EVENT_NOTE_BYTES);
+    // FNV-1a: stable across processes and releases (a restarted controller keeps adding to
+    // the same series), unlike std's randomly keyed hasher.
+    let digest = note.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    // `action` may hold 128 characters; reasons are short PascalCase words.
+    let action = format!("{}-{digest:016x}", super::status::bounded(reason, 100));
+    (action, note)
+}
+
 pub(super) async fn publish(
     ctx: &Context,
     f: &FloatingElasticIP,
@@ -42,11 +62,12 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
+    let (action, note) = event_fields(reason, note);
     let ev = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: reason.into(),
+        action,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &f.object_ref(&())).await {

@@ -6,6 +6,7 @@
 mod apply;
 mod candidates;
 mod conditions;
+mod events;
 mod fixtures;
 mod holder_lease;
 mod observe;
