@@ -307,13 +307,28 @@ fn phase(i: &StatusInputs<'_>) -> Phase {
         } else {
             Phase::Pending
         }
-    } else if !i.holder_on_target {
+    } else if !i.holder_on_target && !unknown_but_uncontradicted(i) {
         Phase::Associating
     } else if !i.holder_healthy {
         Phase::Failing
     } else {
         Phase::Active
     }
+}
+
+/// The address state is unknown (EC2 not answering past the read-age bound), the holder is
+/// the one the last status showed on its target, and nothing says otherwise: the last known
+/// phase stands (Active or Failing by the holder's health), with `Degraded=Ec2Unknown` telling
+/// the unknown. Throttling alone must not read as `Associating` / `Ready=False`, which is
+/// what an alert on Ready watches (docs/semantics.md, Phases).
+fn unknown_but_uncontradicted(i: &StatusInputs<'_>) -> bool {
+    let Some(old) = i.f.status.as_ref() else {
+        return false;
+    };
+    i.current.is_none()
+        && !i.address_missing
+        && matches!(old.phase, Some(Phase::Active | Phase::Failing))
+        && old.holder.as_ref().map(|h| h.node.as_str()) == i.holder
 }
 
 /// The `Associated` condition's reason and message (its status is `holder_on_target`).
