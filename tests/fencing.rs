@@ -239,7 +239,7 @@ async fn a_newer_move_survives_the_completion_of_the_previous_one() -> anyhow::R
     s.proxy.inject(FaultRule::times(
         "AssociateAddress",
         1,
-        Fault::Latency(Duration::from_millis(600)),
+        Fault::Latency(Duration::from_millis(450)),
     ));
     feip_move(&s, "web", s.node(1)).await?;
     // The decision is on the Lease before the (slow) AssociateAddress is sent.
@@ -275,6 +275,61 @@ async fn a_newer_move_survives_the_completion_of_the_previous_one() -> anyhow::R
     assert_eq!(
         completed, 1,
         "only the move to n2 completes a pin: {reasons:?}"
+    );
+    Ok(())
+}
+
+/// M2 scenario 2: a status written by someone else while a pass is in flight (another leader
+/// recording a failover, here written by the test) is not overwritten by that pass's status,
+/// which was built from the object as it was before.
+#[tokio::test]
+async fn a_pass_in_flight_does_not_overwrite_a_newer_status() -> anyhow::Result<()> {
+    let mut s = Scenario::new("fence-status", &[AZ_A, AZ_C]).await?;
+    s.run().await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    s.proxy.inject(FaultRule::times(
+        "AssociateAddress",
+        1,
+        Fault::Latency(Duration::from_millis(450)),
+    ));
+    feip_move(&s, "web", s.node(1)).await?;
+    wait_for("the move to n1 decided", s.wait, || async {
+        let holder = s
+            .lease("web")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|l| l.holder_identity);
+        Ok((holder.as_deref() == Some(s.node(1))).then_some(()))
+    })
+    .await?;
+    // While the associate is in flight, a newer status: 7 failovers recorded elsewhere.
+    let patch = serde_json::json!({"status": {"failoverCount": 7}});
+    s.api
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    s.wait_association(Some(s.eni(1))).await?;
+    wait_for("the move done (pin cleared)", s.wait, || async {
+        let f = s.api.get("web").await?;
+        let done =
+            f.spec.pin.is_none() && f.status.as_ref().is_some_and(|st| active_on(st, s.node(1)));
+        Ok(done.then_some(()))
+    })
+    .await?;
+    s.wait_monitor_passes(2).await?;
+    let (_, status) = recorded_changes(&s, "web").await?;
+    let failovers = status
+        .get("failoverCount")
+        .and_then(serde_json::Value::as_i64);
+    println!("after the move: {status}");
+    assert!(
+        failovers.is_some_and(|n| n >= 7),
+        "the newer status's count was overwritten: failoverCount {failovers:?}; status: {status}"
     );
     Ok(())
 }
