@@ -112,6 +112,9 @@ pub(super) struct AddressMemory {
     /// may have happened, so it is read back, and not resent while EC2 may still be catching
     /// up (see `apply::associate`).
     pub(super) unknown_associate: Option<(Target, Instant)>,
+    /// The object and holder Lease as this process last wrote them: a cache older than
+    /// these is not decided from (see [`super::report::OwnWrites`]).
+    pub(super) own_writes: super::report::OwnWrites,
 }
 
 #[derive(Clone, Debug)]
