@@ -571,8 +571,12 @@ async fn report(
             Api::namespaced(ctx.client.clone(), &base.namespace().unwrap_or_default());
         let fresh = api.get(&base.name_any()).await?;
         if fresh.status == base.status {
-            let new_status = status_on(pass, outcome, settled, failures, done.as_ref(), &fresh);
-            written = patch_status(ctx, &fresh, new_status).await?;
+            // Only spec or metadata changed (a newer `feip move`): the status goes onto the
+            // fresh object, still observing the generation this pass decided for.
+            let mut on = fresh;
+            on.metadata.generation = base.metadata.generation;
+            let new_status = status_on(pass, outcome, settled, failures, done.as_ref(), &on);
+            written = patch_status(ctx, &on, new_status).await?;
         }
     }
     if written == StatusWrite::Conflict {
