@@ -383,10 +383,17 @@ pub struct FloatingElasticIPStatus {
     pub address: Option<AddressStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,
+    /// Completed node -> node changes feip made on its own (a failure, a policy: failback,
+    /// standby, cordon); operator moves (`Pinned`) are in `plannedMoveCount`.
     #[serde(default)]
     pub failover_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// Completed node -> node changes an operator asked for (a pin: `feip move`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planned_move_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_planned_move: Option<FailoverRecord>,
     /// Per-node failure counts and bans.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeRecord>,
@@ -595,6 +602,10 @@ pub struct LeaseStatus {
     pub name: String,
     #[serde(default)]
     pub transitions: i32,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]

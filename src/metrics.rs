@@ -55,6 +55,7 @@ pub struct Metrics {
     registry: Registry,
     failovers: Family<ReasonLabels, Counter>,
     failover_duration: Histogram,
+    planned_moves: Family<ReasonLabels, Counter>,
     holder_changes: Family<ReasonLabels, Counter>,
     ec2_requests: Family<Ec2Labels, Counter>,
     ec2_request_duration: Family<OperationLabels, Histogram>,
@@ -86,6 +87,12 @@ impl Metrics {
             "failover_duration_seconds",
             "Time from failure detection to confirmed association on the new holder",
             failover_duration.clone(),
+        );
+        let planned_moves = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "planned_moves",
+            "Completed holder moves an operator asked for (a pin: feip move), by reason; not in feip_failovers_total",
+            planned_moves.clone(),
         );
         let holder_changes = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -140,6 +147,7 @@ impl Metrics {
             registry,
             failovers,
             failover_duration,
+            planned_moves,
             holder_changes,
             ec2_requests,
             ec2_request_duration,
@@ -154,6 +162,14 @@ impl Metrics {
     /// A completed failover: `reason` is the [`ChangeReason`](crate::decide::ChangeReason) name
     /// of the node-to-node move, a small fixed set (e.g. "HolderDead", "Drift", "Failback");
     /// `duration` is detection to confirmed association.
+    /// A completed planned move (an operator's pin): counted apart from failovers, so that
+    /// `feip_failovers_total` counts what feip did on its own.
+    pub fn planned_move(&self, reason: &'static str) {
+        self.planned_moves
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn failover(&self, reason: &'static str, duration: Duration) {
         self.failovers.get_or_create(&ReasonLabels { reason }).inc();
         self.failover_duration.observe(duration.as_secs_f64());
@@ -229,6 +245,7 @@ mod tests {
         let m = Metrics::new();
         m.failover("holder-unhealthy", Duration::from_millis(1500));
         m.holder_change("elected");
+        m.planned_move("Pinned");
         m.ec2_request(
             "AssociateAddress",
             aws::Outcome::Success,
@@ -249,6 +266,7 @@ mod tests {
             "feip_failover_duration_seconds_bucket{le=\"2.0\"} 1",
             "feip_failover_duration_seconds_count 1",
             "feip_holder_changes_total{reason=\"elected\"} 1",
+            "feip_planned_moves_total{reason=\"Pinned\"} 1",
             "feip_ec2_requests_total{operation=\"AssociateAddress\",outcome=\"success\"} 1",
             "feip_ec2_requests_total{operation=\"DescribeAddresses\",outcome=\"throttled\"} 1",
             "feip_ec2_throttles_total{operation=\"DescribeAddresses\"} 1",

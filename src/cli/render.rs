@@ -227,6 +227,7 @@ pub fn describe(f: &FloatingElasticIP, now: Timestamp) -> String {
             .as_ref()
             .map_or_else(|| NONE.into(), last_failover_text),
     );
+    field("Planned moves", planned_moves_text(&st));
     if let Some(c) = &spec.cleanup {
         field("Cleanup", cleanup_text(c, &st));
     }
@@ -335,6 +336,15 @@ fn holder_text(h: &HolderStatus) -> String {
         let _ = write!(s, " since {}", fmt_ts(since.0));
     }
     s
+}
+
+/// Operator moves (`feip move`), counted apart from the failovers: `0`, or the count and the
+/// last one.
+fn planned_moves_text(st: &FloatingElasticIPStatus) -> String {
+    match &st.last_planned_move {
+        Some(r) => format!("{}, last {}", st.planned_move_count, last_failover_text(r)),
+        None => st.planned_move_count.to_string(),
+    }
 }
 
 fn last_failover_text(r: &FailoverRecord) -> String {
@@ -474,6 +484,8 @@ mod tests {
                 "holder": {"node": node, "instanceId": message},
                 "address": {"publicIp": message},
                 "lastFailover": {"from": node, "to": node, "reason": reason},
+                "plannedMoveCount": 3,
+                "lastPlannedMove": {"from": node, "to": node, "reason": reason},
                 "conditions": [{"type": "Ready", "status": "False", "reason": message, "message": message, "lastTransitionTime": "2030-01-01T00:00:00Z"}],
                 "nodes": [{"node": node, "failureCount": 3, "lastFailureReason": reason, "banned": true}],
             })),
@@ -589,5 +601,27 @@ mod tests {
         assert_eq!(h(5 * 3600 + 7 * 60), "5h7m");
         assert_eq!(h(20 * 3600), "20h");
         assert_eq!(h(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn planned_moves_are_shown_apart_from_failovers() {
+        let now = ts("2030-01-01T00:10:00Z");
+        let f = feip(
+            json!({"allocationId": "eipalloc-0123456789abcdef0", "candidates": [{"node": "a"}, {"node": "b"}]}),
+            Some(json!({
+                "failoverCount": 1,
+                "lastFailover": {"from": "a", "to": "b", "reason": "HolderDead"},
+                "plannedMoveCount": 4,
+                "lastPlannedMove": {"from": "b", "to": "a", "reason": "Pinned", "durationSeconds": "0.512"},
+            })),
+        );
+        assert_eq!(status_row(&f, now)[5], "1");
+        let details = describe(&f, now);
+        assert!(
+            details.contains("Planned moves:  4, last b -> a, reason Pinned, took 0.512s"),
+            "{details}"
+        );
+        let none = feip(json!({"allocationId": "eipalloc-0123456789abcdef0"}), None);
+        assert!(describe(&none, now).contains("Planned moves:  0\n"));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -22,9 +22,12 @@ use super::context::{CandidateReadings, Context, PendingFailover, Snapshot, key,
 use super::holder_lease::{self, REASON_ANNOTATION, pending_from_lease};
 use super::observe::{self, AddressLookup, Observed, conflicting_owner};
 use super::plan::{self, Ec2Call, EventNote, Next, Outcome, Plan, Settlement};
-use super::report::{patch_status, publish};
+use super::report::{
+    PinClear, StatusWrite, newest_feip, newest_lease, patch_status, publish, remove_pin,
+    wrote_lease,
+};
 use super::spec::{ResolvedSpec, resolve};
-use super::status::{StatusInputs, build_status, conflict_status};
+use super::status::{StatusInputs, build_status, conflict_status, counted, is_planned_move};
 
 /// A reconcile that found mutations not allowed. A follower waits: gaining the leadership
 /// triggers every address. A leader whose renewal is late (inside the safety margin, not yet
@@ -49,7 +52,10 @@ pub(super) fn backoff(attempt: u32) -> Duration {
 /// One reconcile of a managed address: observe, decide, plan, then carry the plan out in
 /// order (holder Lease, EC2, confirmation), settle, report, and say when to look again.
 pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let snapshot = ctx.snapshot(&f);
+    // Nothing is decided from a cache older than this process's own last writes.
+    let f = newest_feip(&ctx, f);
+    let mut snapshot = ctx.snapshot(&f);
+    snapshot.lease = newest_lease(&ctx, &key(&f), snapshot.lease.take());
     if let Some(wait) = wait_for_ec2_read(&ctx, &f, &snapshot) {
         return Ok(wait);
     }
@@ -264,7 +270,9 @@ async fn write_decision(ctx: &Arc<Context>, pass: &Pass<'_>) -> Result<(), Error
     let existing = pass
         .lease
         .filter(|_| plan.change.is_some() || plan.retarget.is_some());
-    holder_lease::write(&ctx.client, &ctx.leadership, pass.f, existing, &record).await?;
+    let written =
+        holder_lease::write(&ctx.client, &ctx.leadership, pass.f, existing, &record).await?;
+    wrote_lease(ctx, pass.key, written);
     if existing.is_some() || pass.lease.is_none() {
         ctx.remember(k, |m| m.decided_here = plan.holder.clone());
     }
@@ -544,26 +552,30 @@ async fn confirm_lease(
     if !settled.confirm_lease {
         return;
     }
-    // Reuse the freshest Lease (ours may have just been written).
+    // Reuse the freshest Lease (ours may have just been written, the cache may lag).
     let f = pass.f.as_ref();
     let ns = f.namespace().unwrap_or_default();
-    let fresh = ctx.leases.get(&ObjectRef::new(&f.lease_name()).within(&ns));
+    let cached = ctx.leases.get(&ObjectRef::new(&f.lease_name()).within(&ns));
+    let fresh = newest_lease(ctx, pass.key, cached);
     let reason = fresh
         .as_ref()
         .and_then(|l| l.metadata.annotations.as_ref())
         .and_then(|a| a.get(REASON_ANNOTATION).cloned())
         .unwrap_or_else(|| "Adopted".into());
-    let status = f.status.clone().unwrap_or_default();
+    let status = newest_feip(ctx, pass.f.clone())
+        .status
+        .clone()
+        .unwrap_or_default();
     let slot = pass.observed.slot_of(pass.plan.holder.as_deref());
     let record = plan::confirm_record(pass.spec, pass.plan, &reason, pending, &status, slot);
-    let written =
-        holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await;
-    if let Err(e) = written {
-        tracing::debug!(feip = %pass.key, error = %e, "lease confirm deferred");
+    match holder_lease::write(&ctx.client, &ctx.leadership, f, fresh.as_deref(), &record).await {
+        Ok(written) => wrote_lease(ctx, pass.key, written),
+        Err(e) => tracing::debug!(feip = %pass.key, error = %e, "lease confirm deferred"),
     }
 }
 
-/// A `clearWhenDone` pin whose node holds the address is removed.
+/// A `clearWhenDone` pin whose node holds the address is removed, unless it changed since
+/// (a newer `feip move` stays).
 async fn clear_pin(
     ctx: &Context,
     f: &FloatingElasticIP,
@@ -572,55 +584,64 @@ async fn clear_pin(
     let Some(node) = &settled.clear_pin else {
         return Ok(());
     };
-    let api: Api<FloatingElasticIP> =
-        Api::namespaced(ctx.client.clone(), &f.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"spec": {"pin": null}});
-    api.patch(
-        &f.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    if remove_pin(ctx, f, node).await? == PinClear::Changed {
+        return Ok(());
+    }
     let note = format!("moved to {node}; pin cleared");
     publish(ctx, f, EventType::Normal, "MoveComplete", note).await;
     Ok(())
 }
 
-/// The failover this pass completes (the address is on the new holder): metric and event;
-/// its record goes to the status. The pending failover is this process's, or the one a
-/// previous leader recorded on the Lease.
+/// The failover (or planned move) this pass completes (the address is on the new holder),
+/// unless the status (the newest this process knows) records it already. Its metric and
+/// event follow the status write that records it (`report`). The pending failover is this
+/// process's, or the one a previous leader recorded on the Lease.
 async fn complete_failover(
     ctx: &Context,
     pass: &Pass<'_>,
     settled: &Settlement,
     pending: Option<&PendingFailover>,
-) -> Option<FailoverRecord> {
+) -> Option<plan::CompletedFailover> {
     if !settled.holder_on_target {
         return None;
     }
-    let status = pass.f.status.clone().unwrap_or_default();
+    let status = newest_feip(ctx, pass.f.clone())
+        .status
+        .clone()
+        .unwrap_or_default();
     let completed = Timestamp::now(); // after the confirming Describe, not the pass's start
     let holder = pass.plan.holder.as_deref();
-    let done = plan::completed_failover(pending, holder, &status, completed)?;
-    ctx.metrics.failover(done.reason.as_str(), done.duration);
+    plan::completed_failover(pending, holder, &status, completed)
+}
+
+/// The metric and event of a completed change the status now records.
+async fn announce_completed(ctx: &Context, f: &FloatingElasticIP, done: &plan::CompletedFailover) {
+    if is_planned_move(done.reason) {
+        ctx.metrics.planned_move(done.reason.as_str());
+    } else {
+        ctx.metrics.failover(done.reason.as_str(), done.duration);
+    }
     let note = format!(
         "address confirmed on {} {:.3}s after detection ({})",
         done.record.to,
         done.duration.as_secs_f64(),
         done.record.reason
     );
-    publish(ctx, pass.f, EventType::Normal, "FailoverComplete", note).await;
-    Some(done.record)
+    publish(ctx, f, EventType::Normal, "FailoverComplete", note).await;
 }
 
-/// Step 4: the status, built whole and written once (only when it changed).
+/// Step 4: the status, built whole from the newest object this process knows (its own
+/// writes of this pass included) and written once (only when it changed), fenced on that
+/// object's resourceVersion. When the object changed meanwhile it is read again: a change
+/// of the spec or metadata only (a `feip move`) gets the status rebuilt on it; a newer
+/// status (another writer) is not overwritten, and the next pass builds on it.
 async fn report(
     ctx: &Context,
     pass: &Pass<'_>,
     outcome: &Outcome,
     settled: &Settlement,
     failures: &BTreeMap<String, FailureRecord>,
-    failover: Option<FailoverRecord>,
+    done: Option<plan::CompletedFailover>,
 ) -> Result<(), Error> {
     ctx.remember(pass.key, |m| {
         m.blocked = outcome.blocked.clone();
@@ -628,9 +649,70 @@ async fn report(
             m.failed_attempts = 0;
         }
     });
-    let status = pass.f.status.clone().unwrap_or_default();
-    let new_status = build_status(StatusInputs {
-        f: pass.f,
+    let base = newest_feip(ctx, pass.f.clone());
+    let mut written = patch_status(
+        ctx,
+        &base,
+        status_on(pass, outcome, settled, failures, done.as_ref(), &base),
+    )
+    .await?;
+    if written == StatusWrite::Conflict {
+        let api: Api<FloatingElasticIP> =
+            Api::namespaced(ctx.client.clone(), &base.namespace().unwrap_or_default());
+        let fresh = api.get(&base.name_any()).await?;
+        if fresh.status == base.status {
+            // Only spec or metadata changed (a newer `feip move`): the status goes onto the
+            // fresh object, still observing the generation this pass decided for.
+            let mut on = fresh;
+            on.metadata.generation = base.metadata.generation;
+            let new_status = status_on(pass, outcome, settled, failures, done.as_ref(), &on);
+            written = patch_status(ctx, &on, new_status).await?;
+        }
+    }
+    if written == StatusWrite::Conflict {
+        // The pending change stays: the next pass (the object's change triggers one) records
+        // it on the newer status.
+        tracing::info!(feip = %pass.key, "status not written: a newer status exists; the next pass builds on it");
+        return Ok(());
+    }
+    if let Some(done) = &done {
+        announce_completed(ctx, pass.f, done).await;
+    }
+    // A completed failover stays pending until the status recording it is written: if that
+    // write fails, the next pass records it again instead of losing it.
+    if settled.holder_on_target {
+        ctx.remember(pass.key, |m| m.pending = None);
+    }
+    Ok(())
+}
+
+/// Two records of one holder change (status times have whole-second precision).
+fn same_change(a: &FailoverRecord, b: &FailoverRecord) -> bool {
+    let second = |r: &FailoverRecord| r.detected_at.as_ref().map(|t| t.0.as_second());
+    a.from == b.from && a.to == b.to && second(a) == second(b)
+}
+
+/// The status this pass reports, on top of `base`'s (its counts, old conditions).
+fn status_on(
+    pass: &Pass<'_>,
+    outcome: &Outcome,
+    settled: &Settlement,
+    failures: &BTreeMap<String, FailureRecord>,
+    done: Option<&plan::CompletedFailover>,
+    base: &FloatingElasticIP,
+) -> crate::crd::FloatingElasticIPStatus {
+    let old = base.status.clone().unwrap_or_default();
+    // Recorded already in `base` (another pass wrote it): not counted twice.
+    let done = done
+        .filter(|d| {
+            let same =
+                |l: &Option<FailoverRecord>| l.as_ref().is_some_and(|l| same_change(l, &d.record));
+            !same(&old.last_failover) && !same(&old.last_planned_move)
+        })
+        .map(|d| (d.record.clone(), d.reason));
+    let counts = counted(&old, done);
+    build_status(StatusInputs {
+        f: base,
         spec: pass.spec,
         decision: pass.decision,
         candidates: &pass.observed.candidates,
@@ -640,21 +722,16 @@ async fn report(
         current: outcome.current.as_ref(),
         address_missing: pass.observed.address_missing,
         failures,
-        failover_count: status.failover_count + i64::from(failover.is_some()),
-        last_failover: failover.or(status.last_failover),
+        failover_count: counts.failover_count,
+        last_failover: counts.last_failover,
+        planned_move_count: counts.planned_move_count,
+        last_planned_move: counts.last_planned_move,
         transitions: pass.plan.transitions,
         cleanup_done: pass.observed.cleanup_done.clone(),
         action_error: outcome.error.as_ref(),
         blocked: outcome.blocked.as_deref(),
         now: pass.now,
-    });
-    patch_status(ctx, pass.f, new_status).await?;
-    // A completed failover stays pending until the status recording it is written: if that
-    // write fails, the next pass records it again instead of losing it.
-    if settled.holder_on_target {
-        ctx.remember(pass.key, |m| m.pending = None);
-    }
-    Ok(())
+    })
 }
 
 async fn publish_all(ctx: &Context, f: &FloatingElasticIP, events: Vec<EventNote>) {

@@ -117,6 +117,9 @@ pub(super) struct AddressMemory {
     /// restart), whose AssociateAddress may have been sent: it is treated as an associate of
     /// unknown outcome (read back before resending, see `apply::act`).
     pub(super) decided_here: Option<String>,
+    /// The object and holder Lease as this process last wrote them: a cache older than
+    /// these is not decided from (see [`super::report::OwnWrites`]).
+    pub(super) own_writes: super::report::OwnWrites,
 }
 
 #[derive(Clone, Debug)]

@@ -28,13 +28,16 @@ pub(super) const FAILOVER_FROM_ANNOTATION: &str = "feip.io/failover-from";
 pub(super) const DETECTED_AT_ANNOTATION: &str = "feip.io/detected-at";
 
 /// The status already records this failover (a pass whose Lease confirmation failed wrote
-/// it; the Lease still carries it). Status times have whole-second precision.
+/// it; the Lease still carries it), as a failover or as a planned move. Status times have
+/// whole-second precision.
 pub(super) fn already_recorded(status: &FloatingElasticIPStatus, p: &PendingFailover) -> bool {
-    status.last_failover.as_ref().is_some_and(|l| {
+    let same = |l: &crate::crd::FailoverRecord| {
         l.to == p.to
             && l.from == p.from
             && l.detected_at.as_ref().map(|t| t.0.as_second()) == Some(p.detected_at.as_second())
-    })
+    };
+    status.last_failover.as_ref().is_some_and(same)
+        || status.last_planned_move.as_ref().is_some_and(same)
 }
 
 /// A failover recorded on the Lease by a previous leader (or before a restart) that may not be
@@ -147,15 +150,16 @@ pub(super) fn lease_object(
     Ok(lease)
 }
 
-/// Writes the holder Lease: replaces `existing`, or creates it. The permit is taken right
-/// before the request is sent; without one nothing is written.
+/// Writes the holder Lease: replaces `existing`, or creates it, and returns the Lease as the
+/// apiserver stored it. The permit is taken right before the request is sent; without one
+/// nothing is written.
 pub(super) async fn write(
     client: &Client,
     leadership: &Leadership,
     f: &FloatingElasticIP,
     existing: Option<&Lease>,
     record: &LeaseRecord<'_>,
-) -> Result<(), Error> {
+) -> Result<Lease, Error> {
     let lease = lease_object(f, existing, record, Timestamp::now())?;
     let api: Api<Lease> = Api::namespaced(client.clone(), &f.namespace().unwrap_or_default());
     let permit = leadership
@@ -188,14 +192,13 @@ async fn send_delete(api: &Api<Lease>, _permit: MutationPermit, name: &str) -> R
 
 /// The one place a holder Lease is created or replaced (replaced when it carries the
 /// resourceVersion it was read at): it takes the permit by value.
-async fn send(api: &Api<Lease>, _permit: MutationPermit, lease: &Lease) -> Result<(), Error> {
+async fn send(api: &Api<Lease>, _permit: MutationPermit, lease: &Lease) -> Result<Lease, Error> {
     let name = lease.metadata.name.clone().unwrap_or_default();
     if lease.metadata.resource_version.is_some() {
-        api.replace(&name, &PostParams::default(), lease).await?;
-        return Ok(());
+        return Ok(api.replace(&name, &PostParams::default(), lease).await?);
     }
     match api.create(&PostParams::default(), lease).await {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written),
         // Our cache is behind: read and retry through the normal requeue.
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::LeaseCacheBehind),
         Err(e) => Err(e.into()),

@@ -12,7 +12,9 @@ use crate::crd::{
     AddressStatus, ConditionReason, ConditionType, FailoverRecord, FloatingElasticIP,
     FloatingElasticIPStatus, HolderStatus, LeaseStatus, NodeRecord, Phase,
 };
-use crate::decide::{Decision, Eligibility, FailureRecord, Finding, NodeHealth, Policy};
+use crate::decide::{
+    ChangeReason, Decision, Eligibility, FailureRecord, Finding, NodeHealth, Policy,
+};
 
 use super::observe::CandidateFacts;
 use super::spec::ResolvedSpec;
@@ -154,6 +156,8 @@ pub(super) fn conflict_status(
         observed_generation: f.metadata.generation,
         failover_count: old.failover_count,
         last_failover: old.last_failover,
+        planned_move_count: old.planned_move_count,
+        last_planned_move: old.last_planned_move,
         last_cleanup_request_id: old.last_cleanup_request_id,
         ..Default::default()
     }
@@ -199,6 +203,8 @@ pub(super) struct StatusInputs<'a> {
     pub(super) failures: &'a BTreeMap<String, FailureRecord>,
     pub(super) failover_count: i64,
     pub(super) last_failover: Option<FailoverRecord>,
+    pub(super) planned_move_count: i64,
+    pub(super) last_planned_move: Option<FailoverRecord>,
     pub(super) transitions: i32,
     pub(super) cleanup_done: Option<String>,
     pub(super) action_error: Option<&'a Ec2Error>,
@@ -220,15 +226,61 @@ pub(super) fn build_status(i: StatusInputs<'_>) -> FloatingElasticIPStatus {
         nodes: node_records(i.failures, &i.spec.policy),
         conditions: conditions(&i, phase),
         failover_count: i.failover_count,
-        last_failover: i.last_failover.map(|r| FailoverRecord {
-            from: r.from.map(|n| bounded(n, MAX_NODE_NAME_BYTES)),
-            to: bounded(r.to, MAX_NODE_NAME_BYTES),
-            reason: bounded(r.reason, MAX_FAILURE_REASON_BYTES),
-            ..r
-        }),
+        last_failover: i.last_failover.map(bounded_record),
+        planned_move_count: i.planned_move_count,
+        last_planned_move: i.last_planned_move.map(bounded_record),
         last_cleanup_request_id: i.cleanup_done,
         observed_generation: i.f.metadata.generation,
     }
+}
+
+fn bounded_record(r: FailoverRecord) -> FailoverRecord {
+    FailoverRecord {
+        from: r.from.map(|n| bounded(n, MAX_NODE_NAME_BYTES)),
+        to: bounded(r.to, MAX_NODE_NAME_BYTES),
+        reason: bounded(r.reason, MAX_FAILURE_REASON_BYTES),
+        ..r
+    }
+}
+
+/// A completed holder change an operator asked for (a pin, `feip move`): counted in
+/// `plannedMoveCount`, not in `failoverCount` (docs/semantics.md, "Counts").
+pub(super) fn is_planned_move(reason: ChangeReason) -> bool {
+    matches!(reason, ChangeReason::Pinned)
+}
+
+/// The counts and last records of `old` with `done` added to the one it belongs to.
+pub(super) fn counted(
+    old: &FloatingElasticIPStatus,
+    done: Option<(FailoverRecord, ChangeReason)>,
+) -> Counts {
+    let mut c = Counts {
+        failover_count: old.failover_count,
+        last_failover: old.last_failover.clone(),
+        planned_move_count: old.planned_move_count,
+        last_planned_move: old.last_planned_move.clone(),
+    };
+    match done {
+        Some((record, reason)) if is_planned_move(reason) => {
+            c.planned_move_count += 1;
+            c.last_planned_move = Some(record);
+        }
+        Some((record, _)) => {
+            c.failover_count += 1;
+            c.last_failover = Some(record);
+        }
+        None => {}
+    }
+    c
+}
+
+/// The completed-change counts of a status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Counts {
+    pub(super) failover_count: i64,
+    pub(super) last_failover: Option<FailoverRecord>,
+    pub(super) planned_move_count: i64,
+    pub(super) last_planned_move: Option<FailoverRecord>,
 }
 
 /// The conditions, in this order: Associated, HolderHealthy, Degraded, Blocked, Ready.
@@ -565,4 +617,70 @@ fn node_records(failures: &BTreeMap<String, FailureRecord>, policy: &Policy) -> 
         records.sort_by(|a, b| a.node.cmp(&b.node));
     }
     records
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    fn record(to: &str, reason: ChangeReason) -> FailoverRecord {
+        FailoverRecord {
+            from: Some("a".into()),
+            to: to.into(),
+            reason: reason.as_str().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pinned_move_is_counted_apart_from_failovers() {
+        let old = FloatingElasticIPStatus {
+            failover_count: 3,
+            last_failover: Some(record("b", ChangeReason::HolderDead)),
+            ..Default::default()
+        };
+        let c = counted(
+            &old,
+            Some((record("c", ChangeReason::Pinned), ChangeReason::Pinned)),
+        );
+        assert_eq!((c.failover_count, c.planned_move_count), (3, 1));
+        assert_eq!(c.last_failover.map(|r| r.to).as_deref(), Some("b"));
+        assert_eq!(c.last_planned_move.map(|r| r.to).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn failures_and_policies_are_failovers() {
+        for reason in [
+            ChangeReason::HolderDead,
+            ChangeReason::HolderIneligible,
+            ChangeReason::HolderRemoved,
+            ChangeReason::HolderBanned,
+            ChangeReason::Drift,
+            ChangeReason::AssociateFailed,
+            ChangeReason::Failback,
+        ] {
+            assert!(!is_planned_move(reason), "{reason:?}");
+            let c = counted(
+                &FloatingElasticIPStatus::default(),
+                Some((record("b", reason), reason)),
+            );
+            assert_eq!(
+                (c.failover_count, c.planned_move_count),
+                (1, 0),
+                "{reason:?}"
+            );
+        }
+        assert!(is_planned_move(ChangeReason::Pinned));
+    }
+
+    #[test]
+    fn nothing_completed_keeps_the_counts() {
+        let old = FloatingElasticIPStatus {
+            failover_count: 2,
+            planned_move_count: 5,
+            ..Default::default()
+        };
+        let c = counted(&old, None);
+        assert_eq!((c.failover_count, c.planned_move_count), (2, 5));
+    }
 }

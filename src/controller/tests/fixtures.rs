@@ -253,6 +253,8 @@ impl StatusCase {
             failures: &self.failures,
             failover_count: self.failover_count,
             last_failover: self.last_failover.clone(),
+            planned_move_count: 0,
+            last_planned_move: None,
             transitions: self.transitions,
             cleanup_done: self.cleanup_done.clone(),
             action_error: self.action_error.as_ref(),
