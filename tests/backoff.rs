@@ -10,6 +10,7 @@
 //!
 //! Every wait has a deadline; the fixed windows are measurement windows, not synchronisation.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -48,10 +49,12 @@ fn reconciles(m: &feip::metrics::Metrics) -> u64 {
 }
 
 /// Write requests (create, update, patch, delete) in namespace `ns` recorded so far by the
-/// apiserver's audit log: in a test namespace only the controller writes after setup.
-fn apiserver_writes(audit_log: &Path, ns: &str) -> anyhow::Result<usize> {
+/// apiserver's audit log, by "verb resource[/subresource]": in a test namespace only the
+/// controller writes after setup.
+fn apiserver_writes(audit_log: &Path, ns: &str) -> anyhow::Result<BTreeMap<String, usize>> {
     let text = std::fs::read_to_string(audit_log)?;
-    Ok(text
+    let mut out = BTreeMap::new();
+    for e in text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| {
@@ -62,7 +65,32 @@ fn apiserver_writes(audit_log: &Path, ns: &str) -> anyhow::Result<usize> {
                     Some("create" | "update" | "patch" | "delete")
                 )
         })
-        .count())
+    {
+        let r = &e["objectRef"];
+        let mut what = format!(
+            "{} {}",
+            e["verb"].as_str().unwrap_or_default(),
+            r["resource"].as_str().unwrap_or_default()
+        );
+        if let Some(sub) = r["subresource"].as_str() {
+            what = format!("{what}/{sub}");
+        }
+        *out.entry(what).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// `after - before`, per key, and the total.
+fn writes_between(
+    before: &BTreeMap<String, usize>,
+    after: &BTreeMap<String, usize>,
+) -> (usize, BTreeMap<String, usize>) {
+    let diff: BTreeMap<String, usize> = after
+        .iter()
+        .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    (diff.values().sum(), diff)
 }
 
 fn banned(s: &FloatingElasticIPStatus) -> Vec<&str> {
@@ -89,9 +117,7 @@ async fn a_target_error_on_every_candidate_backs_off_and_does_not_delay_another_
             Fault::Definite("InvalidNetworkInterfaceID.NotFound".into()),
         ),
     );
-    let only = |a: usize, b: usize| {
-        serde_json::json!([{"node": s.node(a)}, {"node": s.node(b)}])
-    };
+    let only = |a: usize, b: usize| serde_json::json!([{"node": s.node(a)}, {"node": s.node(b)}]);
     s.create("y", s.spec(serde_json::json!({"candidates": only(2, 3)})))
         .await?;
     s.wait_status("y", "y active on n2", |st| active_on(st, s.node(2)))
@@ -166,7 +192,11 @@ async fn an_unlisted_error_code_bans_nobody() -> anyhow::Result<()> {
         degraded_reason(&st),
         st.nodes
     );
-    assert!(banned(&st).is_empty(), "an unlisted code banned {:?}", st.nodes);
+    assert!(
+        banned(&st).is_empty(),
+        "an unlisted code banned {:?}",
+        st.nodes
+    );
     assert!(
         st.nodes.iter().all(|n| n.failure_count == 0),
         "an unlisted code counted failures: {:?}",
@@ -272,7 +302,7 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     .await?;
     let elapsed = started.elapsed().as_secs_f64();
     let n_reconciles = reconciles(&c.metrics) - reconciles0;
-    let writes = apiserver_writes(&audit, &s.ns)? - writes0;
+    let (writes, by_kind) = writes_between(&writes0, &apiserver_writes(&audit, &s.ns)?);
     let describe_addresses = count_action(&s.proxy, "DescribeAddresses", from);
     let describe_instances = count_action(&s.proxy, "DescribeInstances", from);
     let associates_sent = count_action(&s.proxy, "AssociateAddress", from);
@@ -282,7 +312,7 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     println!(
         "{elapsed:.1}s outage, {ADDRESSES} addresses: {n_reconciles} reconciles ({:.1}/s), \
          {describe_addresses} DescribeAddresses, {describe_instances} DescribeInstances, \
-         {associates_sent} AssociateAddress, {writes} apiserver writes; \
+         {associates_sent} AssociateAddress, {writes} apiserver writes {by_kind:?}; \
          all Active again {:.1}s after the outage",
         n_reconciles as f64 / elapsed,
         recovery.elapsed().as_secs_f64()
