@@ -152,10 +152,11 @@ async fn a_target_error_on_every_candidate_backs_off_and_does_not_delay_another_
         "x made {n} AssociateAddress in {:.1}s ({per_minute:.0}/min): a hot loop on banned nodes",
         window.elapsed().as_secs_f64()
     );
-    // Heartbeat timeout 2 s, plus detection, the Lease write and one associate: about 3 s
-    // when nothing else is going on.
+    // Heartbeat timeout 2 s, plus detection, the Lease write and one associate: about 2 s
+    // on an idle machine, up to 7.4 s seen while another test set up 200 addresses on the
+    // same moto. A hot loop of x would starve y of the shared mutating budget.
     assert!(
-        failover < Duration::from_secs(6),
+        failover < Duration::from_secs(10),
         "y's failover took {failover:?}"
     );
     Ok(())
@@ -309,36 +310,46 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     s.proxy.clear_faults();
     let recovery = Instant::now();
     all_active("every address active again").await?;
+    let recovered = recovery.elapsed();
     println!(
         "{elapsed:.1}s outage, {ADDRESSES} addresses: {n_reconciles} reconciles ({:.1}/s), \
          {describe_addresses} DescribeAddresses, {describe_instances} DescribeInstances, \
          {associates_sent} AssociateAddress, {writes} apiserver writes {by_kind:?}; \
          all Active again {:.1}s after the outage",
         n_reconciles as f64 / elapsed,
-        recovery.elapsed().as_secs_f64()
+        recovered.as_secs_f64()
     );
     assert_eq!(associates_sent, 0, "nothing is moved while EC2 is unknown");
-    // Bounds (docs/reliability.md): each address reconciles on the first failed read, then
-    // backs off 0.5 s doubling to 30 s (about 8 passes in a minute); the monitor backs off
-    // doubling from the interval (1 s) to 10 s (about 10 passes, 2 attempts each).
-    let reconcile_bound = (ADDRESSES * 10) as u64;
+    // Bounds (docs/reliability.md, "No hot loops"). Reconciles: about 9 per address: one or
+    // two triggers when reads start failing (DescribeAddresses and DescribeInstances may start
+    // failing in different passes), one for its own status write (Ec2Unknown), then the
+    // backoff 0.5 s doubling to 30 s (+-20 %), about 6 steps in a minute; 12 leaves room.
+    let reconcile_bound = (ADDRESSES * 12) as u64;
     assert!(
         n_reconciles <= reconcile_bound,
         "{n_reconciles} reconciles in {elapsed:.0}s (bound {reconcile_bound})"
     );
-    assert!(
-        describe_addresses <= 30,
-        "{describe_addresses} DescribeAddresses in {elapsed:.0}s"
-    );
-    assert!(
-        describe_instances <= 30,
-        "{describe_instances} DescribeInstances in {elapsed:.0}s"
-    );
-    // One status write per address entering the unknown state, a few more for events.
-    let write_bound = ADDRESSES * 3;
+    // The monitor: the interval (1 s) doubling to 5 s, jittered down to 0.8x: at most 17
+    // failed passes in a minute (plus one in flight when the outage starts), each one
+    // request of each kind plus the SDK's one retry.
+    for (what, n) in [
+        ("DescribeAddresses", describe_addresses),
+        ("DescribeInstances", describe_instances),
+    ] {
+        assert!(n <= 36, "{n} {what} in {elapsed:.0}s (bound 36)");
+    }
+    // One status write per address entering the unknown state (a second if its message
+    // changes), and holder-Lease updates at most twice per address.
+    let write_bound = ADDRESSES * 4;
     assert!(
         writes <= write_bound,
-        "{writes} apiserver writes in {elapsed:.0}s (bound {write_bound})"
+        "{writes} apiserver writes in {elapsed:.0}s (bound {write_bound}): {by_kind:?}"
+    );
+    // The end of the outage is seen within one backoff step (at most 6 s), then every
+    // address's status is written once more.
+    assert!(
+        recovered < Duration::from_secs(30),
+        "Active again only {recovered:?} after the outage"
     );
     Ok(())
 }

@@ -37,7 +37,7 @@ pub(super) fn shortest_monitor_interval(feips: &Store<FloatingElasticIP>) -> Dur
 
 /// The longest pause between monitor passes while EC2 reads fail (unless the interval is
 /// longer): how late, at most, the end of an outage is noticed.
-pub(super) const MONITOR_BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub(super) const MONITOR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The pause before the next monitor pass after `errors` failed passes in a row (0: the
 /// interval): the interval doubling per failure up to [`MONITOR_BACKOFF_MAX`] (or the interval
@@ -296,12 +296,13 @@ mod tests {
         let s = Duration::from_secs;
         assert_eq!(monitor_pause(s(1), 0, 1.0), s(1));
         let steps: Vec<Duration> = (1..=6).map(|e| monitor_pause(s(1), e, 1.0)).collect();
-        assert_eq!(steps, vec![s(1), s(2), s(4), s(8), s(10), s(10)]);
+        assert_eq!(steps, vec![s(1), s(2), s(4), s(5), s(5), s(5)]);
         assert_eq!(monitor_pause(s(1), u32::MAX, 1.0), MONITOR_BACKOFF_MAX);
         // A long interval is never shortened by an error, and the cap is the interval then.
         assert_eq!(monitor_pause(s(60), 3, 1.0), s(60));
         // Jitter scales the pause.
         assert_eq!(monitor_pause(s(1), 3, 0.8), Duration::from_millis(3200));
+        assert_eq!(monitor_pause(s(1), 9, 1.2), Duration::from_secs(6));
     }
 
     #[test]
