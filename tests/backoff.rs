@@ -312,9 +312,16 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
     let mut said: BTreeMap<String, usize> = BTreeMap::new();
     for f in s.api.list(&ListParams::default()).await?.items {
         let st = f.status.unwrap_or_default();
-        let degraded = feip::testenv::scenario::condition(&st, "Degraded")
-            .map(|c| format!("{} {}", c.reason, c.message.chars().take(90).collect::<String>()));
-        *said.entry(format!("{:?} {degraded:?}", st.phase)).or_default() += 1;
+        let degraded = feip::testenv::scenario::condition(&st, "Degraded").map(|c| {
+            format!(
+                "{} {}",
+                c.reason,
+                c.message.chars().take(90).collect::<String>()
+            )
+        });
+        *said
+            .entry(format!("{:?} {degraded:?}", st.phase))
+            .or_default() += 1;
     }
     s.proxy.clear_faults();
     let recovery = Instant::now();
