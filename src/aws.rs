@@ -87,22 +87,28 @@ impl Ec2Error {
         }
     }
 
-    /// True when a definite error is about the target (interface, instance, private IP), so
-    /// another candidate may succeed; false when it is about the address or the account
-    /// (permissions, unknown allocation), which no other node would fix.
+    /// True when a definite error is about the target (its interface, instance or private IP),
+    /// so another candidate may succeed and banning this node is right. An allow-list: every
+    /// other definite code (the address, the account, IAM, the VPC, the request, and codes
+    /// nobody listed) is not the node's fault and bans nobody; it is retried with backoff.
+    /// docs/troubleshooting.md ("Which EC2 error codes ban a node") lists both sides.
     pub fn blames_target(&self) -> bool {
         match self {
-            Ec2Error::Definite { code, .. } => {
-                !(code.starts_with("InvalidAllocationID")
-                    || code.starts_with("InvalidAddress")
-                    || code == "UnauthorizedOperation"
-                    || code == "AuthFailure"
-                    || code == "OptInRequired"
-                    || code == "Blocked")
-            }
+            Ec2Error::Definite { code, message, .. } => code_blames_target(code, message),
             Ec2Error::Unknown { .. } | Ec2Error::NotSent { .. } => false,
         }
     }
+}
+
+/// The allow-list of [`Ec2Error::blames_target`]: codes about the instance, its interface or
+/// the private IP on it. `InvalidParameterValue` is a generic code; it blames the target only
+/// when EC2's message is about the private IP (not assigned to the interface).
+fn code_blames_target(code: &str, message: &str) -> bool {
+    code.starts_with("InvalidNetworkInterfaceID.")
+        || code == "InvalidInstanceID"
+        || code.starts_with("InvalidInstanceID.")
+        || code == "IncorrectInstanceState"
+        || (code == "InvalidParameterValue" && message.to_ascii_lowercase().contains("private ip"))
 }
 
 /// Codes EC2 uses for throttling.
@@ -726,15 +732,54 @@ mod tests {
     }
 
     #[test]
-    fn definite_errors_blame_the_target_unless_about_the_address() {
-        let e = |code: &str| Ec2Error::Definite {
+    fn only_codes_about_the_target_blame_it() {
+        let e = |code: &str, message: &str| Ec2Error::Definite {
             operation: "AssociateAddress",
             code: code.into(),
-            message: String::new(),
+            message: message.into(),
         };
-        assert!(e("InvalidNetworkInterfaceID.NotFound").blames_target());
-        assert!(!e("InvalidAllocationID.NotFound").blames_target());
-        assert!(!e("UnauthorizedOperation").blames_target());
+        for code in [
+            "InvalidNetworkInterfaceID.NotFound",
+            "InvalidNetworkInterfaceID.Malformed",
+            "InvalidInstanceID",
+            "InvalidInstanceID.NotFound",
+            "InvalidInstanceID.Malformed",
+            "IncorrectInstanceState",
+        ] {
+            assert!(e(code, "").blames_target(), "{code}");
+        }
+        // The test EC2's (and AWS's) answer for a private IP the interface does not have.
+        let ip =
+            "The specified private IP address 10.0.0.9 is not assigned to network interface eni-1";
+        assert!(e("InvalidParameterValue", ip).blames_target());
+        for code in [
+            "InvalidParameterValue",
+            "InvalidAllocationID.NotFound",
+            "InvalidAddress.NotFound",
+            "InvalidAddressID.NotFound",
+            "UnauthorizedOperation",
+            "AuthFailure",
+            "OptInRequired",
+            "Blocked",
+            "PendingVerification",
+            "Gateway.NotAttached",
+            "OperationNotPermitted",
+            "Resource.AlreadyAssociated",
+            "InvalidParameterCombination",
+            "MissingParameter",
+            "IncorrectState",
+            "Foo.Bar",
+            "",
+        ] {
+            assert!(!e(code, "Refused").blames_target(), "{code}");
+        }
+        assert!(
+            !e(
+                "InvalidParameterValue",
+                "Invalid value 'x' for AllocationId"
+            )
+            .blames_target()
+        );
         assert!(
             !Ec2Error::Unknown {
                 operation: "x",

@@ -124,6 +124,33 @@ fn failure_ban<'a>(input: &'a Input, node: &str) -> Option<&'a FailureRecord> {
     live_failure(input, node).filter(|r| r.count >= threshold(&input.policy))
 }
 
+/// The first retry of a holder banned by a failed associate, and the longest pause between
+/// retries: kept because nobody else is eligible, it is retried 1 s, 2 s, 4 s, ... up to 30 s
+/// after its last failure, never in a loop that would spend the account's mutating budget.
+pub const ASSOCIATE_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const ASSOCIATE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long after its last failure a node banned by failed associates may be tried again:
+/// [`ASSOCIATE_RETRY_FIRST`] doubling with each failure past the threshold, at most
+/// [`ASSOCIATE_RETRY_MAX`].
+pub fn associate_retry_delay(count: u32, threshold: u32) -> Duration {
+    let past = count.saturating_sub(threshold).min(16);
+    ASSOCIATE_RETRY_FIRST
+        .saturating_mul(1u32 << past)
+        .min(ASSOCIATE_RETRY_MAX)
+}
+
+/// A holder banned by failed associates whose retry time has not come (`plan_association`
+/// leaves it alone until then).
+fn associate_retry_pending(input: &Input, node: &str) -> bool {
+    failure_ban(input, node)
+        .filter(|r| r.kind == FailureKind::AssociateFailed)
+        .is_some_and(|r| {
+            let delay = associate_retry_delay(r.count, threshold(&input.policy));
+            !elapsed(r.last_failure, delay, input.now)
+        })
+}
+
 /// A node is banned by an unexpired spec ban, or by an unexpired failure count at the
 /// migration threshold.
 pub fn is_banned(input: &Input, node: &str) -> bool {
@@ -554,7 +581,9 @@ impl<'a> Planner<'a> {
 
     /// Associate the decided holder when the address is known not to be on its target.
     /// Never while the address is unknown, never against the ownership guard, and never to a
-    /// dead holder (kept only because nobody else is eligible: a remap would be wasted).
+    /// dead holder (kept only because nobody else is eligible: a remap would be wasted); a
+    /// holder banned by failed associates only once its retry time came
+    /// ([`associate_retry_delay`]).
     fn plan_association(&mut self) {
         let input = self.input;
         if !self.known || self.guarded() {
@@ -579,6 +608,11 @@ impl<'a> Planner<'a> {
             self.note(Finding::WaitingForTarget { node });
             return;
         };
+        if !on_target(&input.address, target) && associate_retry_pending(input, h) {
+            // Banned by failed associates and kept because nobody else is eligible: retried
+            // with backoff, not on every pass (each status write of a failure is a pass).
+            return;
+        }
         if !on_target(&input.address, target) {
             self.out.action = Action::Associate {
                 node: h.to_owned(),

@@ -119,9 +119,23 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
     confirm_lease(&ctx, &pass, &settled, pending.as_ref()).await;
     let failover = complete_failover(&ctx, &pass, &settled, pending.as_ref()).await;
     clear_pin(&ctx, &f, &settled).await?;
+    // `report` resets the backoff counter after a pass without an EC2 error; a pass that
+    // could do nothing (`Next::Wait`) continues it.
+    let attempts = ctx.remember(&k, |m| m.failed_attempts);
     report(&ctx, &pass, &outcome, &settled, &failures, failover).await?;
-    let next = plan::next(&spec, &decision, &plan, &outcome, settled.holder_on_target);
-    Ok(Requeue::requeue(after(&ctx, &k, &spec, next)))
+    let target_was_banned = match &decision.action {
+        decide::Action::Associate { node, .. } => decide::is_banned(&observed.input, node),
+        _ => false,
+    };
+    let next = plan::next(
+        &spec,
+        &decision,
+        &plan,
+        &outcome,
+        settled.holder_on_target,
+        target_was_banned,
+    );
+    Ok(Requeue::requeue(after(&ctx, &k, &spec, next, attempts)))
 }
 
 /// What one reconcile decided and planned.
@@ -741,12 +755,20 @@ async fn publish_all(ctx: &Context, f: &FloatingElasticIP, events: Vec<EventNote
 }
 
 /// The requeue delay for `next`; a backoff step counts the address's failed attempt.
-fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next) -> Duration {
+/// `attempts`: the counter before this pass's `report` (which resets it when the pass had no
+/// EC2 error): a `Wait` continues from there, so passes that can do nothing back off
+/// exponentially instead of polling.
+fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next, attempts: u32) -> Duration {
     match next {
         Next::Soon => Duration::from_millis(200),
-        Next::Backoff => {
+        Next::Backoff | Next::Wait => {
             let attempts = ctx.remember(k, |m| {
-                m.failed_attempts = m.failed_attempts.saturating_add(1);
+                let before = if next == Next::Wait {
+                    attempts.max(m.failed_attempts)
+                } else {
+                    m.failed_attempts
+                };
+                m.failed_attempts = before.saturating_add(1);
                 m.failed_attempts
             });
             backoff(attempts)

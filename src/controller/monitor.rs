@@ -35,23 +35,51 @@ pub(super) fn shortest_monitor_interval(feips: &Store<FloatingElasticIP>) -> Dur
         .max(Duration::from_secs(1))
 }
 
+/// The longest pause between monitor passes while EC2 reads fail (unless the interval is
+/// longer): how late, at most, the end of an outage is noticed.
+pub(super) const MONITOR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before the next monitor pass after `errors` failed passes in a row (0: the
+/// interval): the interval doubling per failure up to [`MONITOR_BACKOFF_MAX`] (or the interval
+/// when that is longer), jittered +-20 % so replicas and retries do not synchronise (rule 8:
+/// jittered backoff on throttling).
+pub(super) fn monitor_pause(interval: Duration, errors: u32, jitter: f64) -> Duration {
+    if errors == 0 {
+        return interval;
+    }
+    let cap = MONITOR_BACKOFF_MAX.max(interval);
+    interval
+        .saturating_mul(1u32 << errors.saturating_sub(1).min(16))
+        .min(cap)
+        .mul_f64(jitter)
+}
+
 /// One batched DescribeAddresses (and DescribeInstances) per interval for every address.
+/// After a failed read it backs off ([`monitor_pause`]), and wake-ups by reconciles do not
+/// bring the next pass forward meanwhile: nothing else reads EC2 that often during an outage.
 pub(super) async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mpsc::Sender<()>) {
     let mut last = Instant::now() - Duration::from_secs(3600);
+    let mut errors: u32 = 0;
+    let mut jitter = 1.0;
     loop {
         let interval = shortest_monitor_interval(&ctx.feips);
-        let next = last + interval;
+        let next = last + monitor_pause(interval, errors, jitter);
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = ctx.monitor_wake.notified() => {
+                if errors > 0 && ctx.leadership.is_leader() {
+                    // Backing off: the wake-up waits for the pass due.
+                    continue;
+                }
                 // Coalesce bursts of wake-ups (many new addresses at once) into one call.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         ctx.probes.collect_garbage(Duration::from_secs(60));
         if !ctx.leadership.is_leader() {
-            // Followers do not spend the account's EC2 budget.
+            // Followers do not spend the account's EC2 budget. A new leadership reads at once.
             last = Instant::now();
+            errors = 0;
             continue;
         }
         last = Instant::now();
@@ -94,6 +122,9 @@ pub(super) async fn monitor(ctx: Arc<Context>, mut trigger: futures::channel::mp
         let fresh = ctx
             .fresh_since_leadership
             .load(std::sync::atomic::Ordering::SeqCst);
+        let failed = answer.addresses.is_err() || answer.instances.is_err();
+        errors = if failed { errors.saturating_add(1) } else { 0 };
+        jitter = rand::random_range(0.8..1.2);
         let changed = lock(&ctx.view).merge(answer);
         if changed.readable {
             ctx.fresh_since_leadership
@@ -124,8 +155,7 @@ pub(super) struct Answer {
 /// What a monitor pass changed in the view.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct ChangedKeys {
-    /// Reconcile every address: after errors (this pass's or the last one's) or new instance
-    /// data.
+    /// Reconcile every address: when reads start or stop failing, or on new instance data.
     pub(super) everything: bool,
     /// Otherwise these: allocation ids and public IPs that moved, appeared, disappeared or
     /// were looked up for the first time.
@@ -146,11 +176,12 @@ impl Ec2View {
             asked_addresses,
             asked_instances,
         } = answer;
+        // An error that starts or ends concerns every address (its status says whether EC2
+        // is known); one that goes on does not: those addresses back off, and reconciling
+        // them all on each failed pass was most of the load of an outage.
         let mut changed = ChangedKeys {
-            everything: self.addresses_error.is_some()
-                || self.instances_error.is_some()
-                || addresses.is_err()
-                || instances.is_err()
+            everything: self.addresses_error.is_some() != addresses.is_err()
+                || self.instances_error.is_some() != instances.is_err()
                 || instances.as_ref().is_ok_and(|m| *m != self.instances),
             ..ChangedKeys::default()
         };
@@ -261,6 +292,20 @@ mod tests {
     }
 
     #[test]
+    fn the_monitor_backs_off_on_errors_up_to_a_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(monitor_pause(s(1), 0, 1.0), s(1));
+        let steps: Vec<Duration> = (1..=6).map(|e| monitor_pause(s(1), e, 1.0)).collect();
+        assert_eq!(steps, vec![s(1), s(2), s(4), s(5), s(5), s(5)]);
+        assert_eq!(monitor_pause(s(1), u32::MAX, 1.0), MONITOR_BACKOFF_MAX);
+        // A long interval is never shortened by an error, and the cap is the interval then.
+        assert_eq!(monitor_pause(s(60), 3, 1.0), s(60));
+        // Jitter scales the pause.
+        assert_eq!(monitor_pause(s(1), 3, 0.8), Duration::from_millis(3200));
+        assert_eq!(monitor_pause(s(1), 9, 1.2), Duration::from_secs(6));
+    }
+
+    #[test]
     fn first_lookups_moves_and_disappearances_are_changes() {
         let t0 = Instant::now();
         let mut v = Ec2View::default();
@@ -321,6 +366,12 @@ mod tests {
         assert!(c.everything && !c.readable);
         assert_eq!(v.instances.get("i-1"), Some(&inst), "kept across errors");
         assert!(v.addresses_error.is_some() && v.instances_error.is_some());
+        // An error that goes on changes nothing more.
+        let mut failed = answer(&[], &[], t0);
+        failed.addresses = Err(unknown());
+        failed.instances = Err(unknown());
+        let c = v.merge(failed);
+        assert!(!c.everything && !c.readable, "{c:?}");
         // The pass after an error concerns everything too, then things calm down.
         let mut ok = answer(&[], &[], t0);
         ok.instances = Ok(BTreeMap::from([("i-1".to_string(), inst.clone())]));

@@ -420,37 +420,53 @@ pub(super) fn completed_failover(
 /// When to look again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Next {
-    /// In 200 ms: a banned target (move on to the next candidate), a change not yet
-    /// settled, or a holder the address is not on yet.
+    /// In 200 ms: a target banned by this pass (move on to the next candidate), a change
+    /// written to the Lease this pass (the next pass associates), or an EC2 call made whose
+    /// result is not settled yet.
     Soon,
     /// After the address's next backoff step: any other EC2 error (unknown outcomes and
-    /// refusals such as a failed disassociate or an unknown allocation). Errors of the
-    /// reconcile itself back off in `error_policy` with the same counter.
+    /// refusals such as a failed disassociate or an unknown allocation, and a failed retry of
+    /// a holder already banned). Errors of the reconcile itself back off in `error_policy`
+    /// with the same counter.
     Backoff,
+    /// After the address's next backoff step too: the holder is not on its target and nothing
+    /// can be done about it now (EC2 unknown, the target unresolved, the address guarded or
+    /// foreign, a dead holder nobody can replace, a banned holder waiting for its retry time).
+    /// What would let it go on (an EC2 read, a Node or health change) triggers a reconcile;
+    /// the timer is the safety net. Counts in the same counter as `Backoff`.
+    Wait,
     /// After the monitor interval (jittered).
     Interval,
 }
 
+/// When to look again after a pass. `target_was_banned`: the pass associated to a node that
+/// was banned already (kept because nobody else is eligible), so a refusal there is a failed
+/// retry, not news that another candidate could answer.
 pub(super) fn next(
     spec: &ResolvedSpec,
     decision: &Decision,
     plan: &Plan,
     outcome: &Outcome,
     holder_on_target: bool,
+    target_was_banned: bool,
 ) -> Next {
     match &outcome.error {
         Some(e)
             if !e.is_unknown()
                 && e.blames_target()
+                && !target_was_banned
                 && matches!(decision.action, Action::Associate { .. }) =>
         {
             Next::Soon
         }
         Some(_) => Next::Backoff,
-        None if decision.change.is_some()
-            || (plan.holder.is_some() && !holder_on_target && !spec.policy.observe_only) =>
-        {
-            Next::Soon
+        None if decision.change.is_some() || plan.retarget.is_some() => Next::Soon,
+        None if plan.holder.is_some() && !holder_on_target && !spec.policy.observe_only => {
+            if plan.ec2.is_some() {
+                Next::Soon
+            } else {
+                Next::Wait
+            }
         }
         None => Next::Interval,
     }

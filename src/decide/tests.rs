@@ -582,6 +582,45 @@ fn associate_failure_bans_and_tries_next() {
 }
 
 #[test]
+fn a_banned_holder_nobody_can_replace_is_retried_with_backoff_not_every_pass() {
+    // Both nodes banned by failed associates; b holds (kept: nobody else is eligible).
+    let mut i = ab_held_by_a();
+    i.holder = Some("b".into());
+    i.holder_confirmed = false;
+    i.address = AddressObservation::Unassociated;
+    i.failures
+        .insert("a".into(), failure(1, 0, FailureKind::AssociateFailed));
+    i.failures
+        .insert("b".into(), failure(3, 0, FailureKind::AssociateFailed));
+    // Threshold 1: b's third failure waits 4 s after the last one.
+    assert_eq!(associate_retry_delay(3, 1), Duration::from_secs(4));
+    for now in [0, 1, 3] {
+        i.now = ts(now);
+        let d = decide(&i);
+        assert_eq!(
+            (holder(&d), &d.action),
+            (Some("b"), &Action::None),
+            "at {now}s"
+        );
+        assert!(has(&d, "NoEligibleCandidate"), "{d:?}");
+    }
+    i.now = ts(4);
+    assert_eq!(decide(&i).action, associate("b"));
+    // The pause doubles per failure past the threshold, up to the cap.
+    let delays: Vec<u64> = (1..=8)
+        .map(|c| associate_retry_delay(c, 1).as_secs())
+        .collect();
+    assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(associate_retry_delay(u32::MAX, 1), ASSOCIATE_RETRY_MAX);
+    assert_eq!(associate_retry_delay(2, 3), ASSOCIATE_RETRY_FIRST);
+    // A drift ban is not an associate failure: no such pause (re-associating is the point).
+    i.failures
+        .insert("b".into(), failure(3, 0, FailureKind::Drift));
+    i.now = ts(0);
+    assert_eq!(decide(&i).action, associate("b"));
+}
+
+#[test]
 fn associate_failure_with_stop_policy_holds_nobody_until_cleanup() {
     let mut i = ab_held_by_a();
     i.holder_confirmed = false;

@@ -158,6 +158,8 @@ struct State {
     describe_addresses_bucket: Option<TokenBucket>,
     aws: RuleSettings,
     displacements: Vec<Displacement>,
+    /// Rules for requests whose form parameter (name, value) matches (`inject_where`).
+    scoped: Vec<(String, String, FaultRule)>,
 }
 
 /// A running fault proxy; stops when dropped.
@@ -207,6 +209,13 @@ impl FaultProxy {
     /// Removes every fault rule (the request log stays).
     pub fn clear_faults(&self) {
         self.lock().rules.clear();
+        self.lock().scoped.clear();
+    }
+
+    /// `rule`'s fault on every matching call whose form parameter `param` is `value` (one
+    /// address's `AllocationId`, say), until cleared; `remaining` and `skip` are ignored.
+    pub fn inject_where(&self, param: &str, value: &str, rule: FaultRule) {
+        self.lock().scoped.push((param.into(), value.into(), rule));
     }
 
     /// Emulates EC2's per-account buckets: mutating actions burst 50 refill 5/s,
@@ -308,7 +317,13 @@ async fn handle(
         let mut s = state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fault = pick_fault(&mut s.rules, &action);
+        let scoped = s.scoped.iter().find(|(k, v, r)| {
+            params.get(k) == Some(v) && r.action.as_deref().is_none_or(|a| a == action)
+        });
+        let mut fault = match scoped {
+            Some((_, _, r)) => Some(r.fault.clone()),
+            None => pick_fault(&mut s.rules, &action),
+        };
         if fault.is_none() {
             let bucket = if MUTATING_ACTIONS.contains(&action.as_str()) {
                 s.mutating_bucket.as_mut()

@@ -785,6 +785,10 @@ fn next_table() {
     );
     let quiet = deciding(Some("a"), None, Action::None);
     let held = unchanged(Some("a"), 1);
+    let calling = Plan {
+        ec2: Some(associate_call("a")),
+        ..unchanged(Some("a"), 1)
+    };
     let nobody = unchanged(None, 1);
     let err = |e: Ec2Error| Outcome {
         error: Some(e),
@@ -800,6 +804,7 @@ fn next_table() {
                 &held,
                 &err(definite("InvalidNetworkInterfaceID.NotFound")),
                 false,
+                false,
             ),
             Next::Soon,
         ),
@@ -810,6 +815,7 @@ fn next_table() {
                 &reassociate,
                 &held,
                 &err(definite("UnauthorizedOperation")),
+                false,
                 false,
             ),
             Next::Backoff,
@@ -822,6 +828,7 @@ fn next_table() {
                 &nobody,
                 &err(definite("InvalidAssociationID.Malformed")),
                 false,
+                false,
             ),
             Next::Backoff,
         ),
@@ -833,37 +840,62 @@ fn next_table() {
                 &held,
                 &err(unknown_error("timeout")),
                 false,
+                false,
             ),
             Next::Backoff,
         ),
         (
             "request_not_sent_backs_off",
-            next(&s, &reassociate, &held, &err(not_sent), false),
+            next(&s, &reassociate, &held, &err(not_sent), false, false),
             Next::Backoff,
         ),
         (
             "a_change_is_looked_at_again_soon",
-            next(&s, &failover, &unchanged(Some("b"), 2), &ok, true),
+            next(&s, &failover, &unchanged(Some("b"), 2), &ok, true, false),
             Next::Soon,
         ),
         (
-            "holder_not_on_target_is_looked_at_again_soon",
-            next(&s, &quiet, &held, &ok, false),
+            "holder_not_on_target_with_nothing_to_do_waits_with_backoff",
+            next(&s, &quiet, &held, &ok, false, false),
+            Next::Wait,
+        ),
+        (
+            "holder_not_on_target_after_an_ec2_call_is_looked_at_again_soon",
+            next(&s, &reassociate, &calling, &ok, false, false),
             Next::Soon,
+        ),
+        (
+            "failed_retry_of_a_banned_holder_backs_off",
+            next(
+                &s,
+                &reassociate,
+                &held,
+                &err(definite("InvalidNetworkInterfaceID.NotFound")),
+                false,
+                true,
+            ),
+            Next::Backoff,
         ),
         (
             "observe_only_holder_off_target_waits_the_interval",
-            next(&observe_only, &quiet, &held, &ok, false),
+            next(&observe_only, &quiet, &held, &ok, false, false),
             Next::Interval,
         ),
         (
             "holder_on_target_waits_the_interval",
-            next(&s, &quiet, &held, &ok, true),
+            next(&s, &quiet, &held, &ok, true, false),
             Next::Interval,
         ),
         (
             "no_holder_and_no_change_waits_the_interval",
-            next(&s, &deciding(None, None, Action::None), &nobody, &ok, false),
+            next(
+                &s,
+                &deciding(None, None, Action::None),
+                &nobody,
+                &ok,
+                false,
+                false,
+            ),
             Next::Interval,
         ),
     ]);
