@@ -54,9 +54,21 @@ async fn wait_gone(s: &Scenario, name: &str) -> anyhow::Result<()> {
 /// interface, stay), then the object: the address is feip's own association and is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_holder_node_then_deleted_object_releases_the_address() -> anyhow::Result<()> {
+    deleted_holder_node_then_deleted_object("del-nodegone", false).await
+}
+
+/// The same across a restart: the new leader never saw the Node; the status holder and the
+/// holder Lease's recorded slot say the address is feip's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_holder_node_then_restart_then_deleted_object_releases_the_address()
+-> anyhow::Result<()> {
+    deleted_holder_node_then_deleted_object("del-nodegone-rs", true).await
+}
+
+async fn deleted_holder_node_then_deleted_object(name: &str, restart: bool) -> anyhow::Result<()> {
     // One candidate: with the Node gone nobody can take the address over, so it stays on
     // node 0's interface until the object is deleted.
-    let mut s = Scenario::new("del-nodegone", &[AZ_A]).await?;
+    let mut s = Scenario::new(name, &[AZ_A]).await?;
     s.run().await?;
     s.create("web", s.spec(serde_json::json!({}))).await?;
     s.wait_association(Some(s.eni(0))).await?;
@@ -67,6 +79,9 @@ async fn deleted_holder_node_then_deleted_object_releases_the_address() -> anyho
         condition(st, "HolderHealthy").is_some_and(|c| c.status == "False")
     })
     .await?;
+    if restart {
+        restart_controller(&mut s).await?;
+    }
     let before = s.proxy.count("DisassociateAddress");
     s.api.delete("web", &DeleteParams::default()).await?;
     wait_gone(&s, "web").await?;
@@ -85,6 +100,20 @@ async fn deleted_holder_node_then_deleted_object_releases_the_address() -> anyho
             .any(|r| r == "Released"),
         "a Released event"
     );
+    Ok(())
+}
+
+/// A graceful restart: the replica hands over to a new one (no memory of the old one's),
+/// which leads once ready.
+async fn restart_controller(s: &mut Scenario) -> anyhow::Result<()> {
+    for c in &mut s.controllers {
+        c.shutdown().await;
+    }
+    s.controllers.clear();
+    let c = s.start_controller("replica-1").await?;
+    wait_ready(&c, s.wait).await?;
+    wait_leading(&c, s.wait).await?;
+    s.controllers.push(c);
     Ok(())
 }
 
@@ -137,15 +166,10 @@ async fn deletion_waits_for_instance_facts_after_a_restart_then_releases_once() 
     s.wait_association(Some(s.eni(0))).await?;
     s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
         .await?;
-    // Restart: the old replica hands over; the new one never gets a DescribeInstances answer.
-    s.controllers[0].shutdown().await;
-    s.controllers.clear();
+    // Restart: the new replica never gets a DescribeInstances answer.
     s.proxy
         .inject(FaultRule::always("DescribeInstances", Fault::ServerError));
-    let c = s.start_controller("replica-1").await?;
-    wait_ready(&c, s.wait).await?;
-    wait_leading(&c, s.wait).await?;
-    s.controllers.push(c);
+    restart_controller(&mut s).await?;
     let before = s.proxy.count("DisassociateAddress");
     s.api.delete("web", &DeleteParams::default()).await?;
     let after = gone_or_pending(&s, "web").await?;
