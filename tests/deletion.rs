@@ -172,7 +172,9 @@ async fn deletion_waits_for_instance_facts_after_a_restart_then_releases_once() 
     restart_controller(&mut s).await?;
     let before = s.proxy.count("DisassociateAddress");
     s.api.delete("web", &DeleteParams::default()).await?;
+    let deleted = std::time::Instant::now();
     let after = gone_or_pending(&s, "web").await?;
+    let pending_after = deleted.elapsed();
     let released = s.proxy.count("DisassociateAddress") - before;
     let message = match after {
         AfterDelete::Pending { message } => message,
@@ -186,8 +188,14 @@ async fn deletion_waits_for_instance_facts_after_a_restart_then_releases_once() 
         message.contains(&s.instances[0].instance_id),
         "the status names what is missing: {message}"
     );
-    // It keeps waiting (and keeps its finalizer) while DescribeInstances fails.
+    // It keeps waiting (and keeps its finalizer) while DescribeInstances fails. Every
+    // monitor pass sends one DescribeAddresses and one DescribeInstances: more of the former
+    // would be the retries of the release reading the address.
+    let reads = |a| s.proxy.count(a);
+    let (addresses, instances) = (reads("DescribeAddresses"), reads("DescribeInstances"));
     s.wait_monitor_passes(3).await?;
+    let extra_reads = (reads("DescribeAddresses") - addresses)
+        .saturating_sub(reads("DescribeInstances") - instances);
     let f = s.api.get("web").await?;
     assert!(
         f.finalizers().iter().any(|x| x == FINALIZER),
@@ -206,7 +214,14 @@ async fn deletion_waits_for_instance_facts_after_a_restart_then_releases_once() 
         "a ReleasePending event"
     );
     s.proxy.clear_faults();
+    let cleared = std::time::Instant::now();
     wait_gone(&s, "web").await?;
+    println!(
+        "release pending {}ms after the delete ({message}); {extra_reads} DescribeAddresses \
+         beyond the monitor's while pending; released {}ms after DescribeInstances recovered",
+        pending_after.as_millis(),
+        cleared.elapsed().as_millis()
+    );
     let released = s.proxy.count("DisassociateAddress") - before;
     let now = s.moto.association(&s.eip.allocation_id).await?;
     assert_eq!(

@@ -275,10 +275,11 @@ fn judge(address: &AddressInfo, facts: &Facts<'_>) -> Release {
         missing.join(", ")
     );
     if facts.waited >= RELEASE_FACTS_WAIT {
+        // No elapsed time in the text: an unchanged message is not written again.
         msg.push_str(&format!(
-            "; waiting for {}s, and the holder Lease records no slot on {eni}: still waiting \
-             (releasePolicy: Retain ends the deletion without a release)",
-            facts.waited.as_secs()
+            "; over {}s since the deletion, and the holder Lease records no slot on {eni}: \
+             still waiting (releasePolicy: Retain ends the deletion without a release)",
+            RELEASE_FACTS_WAIT.as_secs()
         ));
     }
     Release::Pending(msg)
