@@ -93,12 +93,11 @@ async fn deleted_holder_node_then_deleted_object(name: &str, restart: bool) -> a
         "deleting the object must release feip's own association on the deleted node's \
          interface (DisassociateAddress calls, association left)"
     );
+    let reasons = s.event_reasons("web").await?;
     assert!(
-        s.event_reasons("web")
-            .await?
-            .iter()
-            .any(|r| r == "Released"),
-        "a Released event"
+        reasons.iter().any(|r| r == "Released") && !reasons.iter().any(|r| r == "NotReleased"),
+        "a Released event, and no NotReleased from a pass reading EC2 before it caught up: \
+         {reasons:?}"
     );
     Ok(())
 }
