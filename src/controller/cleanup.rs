@@ -23,7 +23,7 @@ use crate::aws::{AddressInfo, Ec2Error};
 use crate::crd::{ConditionReason, ConditionType, FloatingElasticIP, Management, ReleasePolicy};
 
 use super::Error;
-use super::context::{Context, key, lock};
+use super::context::{CONSISTENCY_WINDOW, Context, key, lock};
 use super::holder_lease;
 use super::observe::{self, AddressLookup, CandidateFacts, conflicting_owner};
 use super::report::{patch_status, publish};
@@ -86,6 +86,9 @@ async fn release(ctx: &Arc<Context>, f: &Arc<FloatingElasticIP>) -> Result<(), E
     };
     // EC2 has no such address: nothing to release.
     let Some(info) = info else { return Ok(()) };
+    if released_here(ctx, &info) {
+        return Ok(());
+    }
     let (verdict, wake_monitor) = ownership(ctx, f, &info);
     tracing::debug!(feip = %key(f), ?info, ?verdict, "release on deletion");
     match verdict {
@@ -135,6 +138,24 @@ async fn disassociate(
     let note = format!("{} disassociated on deletion ({why})", info.public_ip);
     publish(ctx, f, EventType::Normal, "Released", note).await;
     Ok(())
+}
+
+/// `info` still shows the association this process released moments ago (a pass after the
+/// release, before the finalizer's removal reached the cache): DescribeAddresses lags behind
+/// the change (EC2's eventual consistency, as the monitor allows for), nothing is left to do.
+fn released_here(ctx: &Context, info: &AddressInfo) -> bool {
+    let view = lock(&ctx.view);
+    let ours_unassociated = view
+        .addresses
+        .by_allocation
+        .get(&info.allocation_id)
+        .is_some_and(|a| a.association_id.is_none());
+    ours_unassociated
+        && info.association_id.is_some()
+        && view.written.get(&info.allocation_id).is_some_and(|w| {
+            w.at.elapsed() < CONSISTENCY_WINDOW
+                && w.unseen_replacing.as_ref() == Some(&info.association_id)
+        })
 }
 
 /// The release verdict from apply's ownership data, read from the caches at one instant.
