@@ -473,7 +473,15 @@ mod tests {
         );
         // (case, address, candidates, the Lease records n0's slot, waited beyond the bound,
         // outcome)
-        let rows: &[(&str, (&str, &str), &[CandidateFacts], bool, bool, Want)] = &[
+        type Row<'a> = (
+            &'a str,
+            (&'a str, &'a str),
+            &'a [CandidateFacts],
+            bool,
+            bool,
+            Want,
+        );
+        let rows: &[Row<'_>] = &[
             ("on a target", on_n1, &resolved, false, false, Released),
             (
                 "on a target, n1 unknown",
