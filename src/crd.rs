@@ -510,6 +510,9 @@ pub enum ConditionReason {
     // Blocked
     NotBlocked,
     DisassociateFailed,
+    /// Blocked: a release on deletion waits for facts it needs (the address, the candidates'
+    /// instances); the message names them.
+    ReleasePending,
 }
 
 impl ConditionReason {
@@ -536,6 +539,7 @@ impl ConditionReason {
         ConditionReason::AddressConflict,
         ConditionReason::NotBlocked,
         ConditionReason::DisassociateFailed,
+        ConditionReason::ReleasePending,
     ];
 
     /// The condition's `reason`.
@@ -562,6 +566,7 @@ impl ConditionReason {
             ConditionReason::AddressConflict => "AddressConflict",
             ConditionReason::NotBlocked => "NotBlocked",
             ConditionReason::DisassociateFailed => "DisassociateFailed",
+            ConditionReason::ReleasePending => "ReleasePending",
         }
     }
 }

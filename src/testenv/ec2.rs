@@ -286,6 +286,48 @@ impl Moto {
         Ok(instance)
     }
 
+    /// Creates a network interface in the subnet of `instance`'s primary one and attaches it
+    /// at `device_index`. Returns its id.
+    pub async fn attach_interface(
+        &self,
+        instance: &Instance,
+        device_index: i32,
+    ) -> anyhow::Result<String> {
+        let client = ec2_client(&self.url).await;
+        let primary = client
+            .describe_network_interfaces()
+            .network_interface_ids(&instance.network_interface_id)
+            .send()
+            .await
+            .map_err(e("DescribeNetworkInterfaces"))?;
+        let subnet = primary
+            .network_interfaces()
+            .first()
+            .and_then(|n| n.subnet_id())
+            .context("the primary interface has no subnet")?
+            .to_string();
+        let created = client
+            .create_network_interface()
+            .subnet_id(subnet)
+            .send()
+            .await
+            .map_err(e("CreateNetworkInterface"))?;
+        let eni = created
+            .network_interface()
+            .and_then(|n| n.network_interface_id())
+            .context("CreateNetworkInterface returned no id")?
+            .to_string();
+        client
+            .attach_network_interface()
+            .network_interface_id(&eni)
+            .instance_id(&instance.instance_id)
+            .device_index(device_index)
+            .send()
+            .await
+            .map_err(e("AttachNetworkInterface"))?;
+        Ok(eni)
+    }
+
     /// Stops an instance (moto reports it `stopped` at once).
     pub async fn stop_instance(&self, instance_id: &str) -> anyhow::Result<()> {
         ec2_client(&self.url)
