@@ -661,6 +661,7 @@ async fn report(
         m.blocked = outcome.blocked.clone();
         if outcome.error.is_none() {
             m.failed_attempts = 0;
+            m.backoff_until = None;
         }
     });
     let base = newest_feip(ctx, pass.f.clone());
@@ -761,18 +762,31 @@ async fn publish_all(ctx: &Context, f: &FloatingElasticIP, events: Vec<EventNote
 fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next, attempts: u32) -> Duration {
     match next {
         Next::Soon => Duration::from_millis(200),
-        Next::Backoff | Next::Wait => {
-            let attempts = ctx.remember(k, |m| {
-                let before = if next == Next::Wait {
-                    attempts.max(m.failed_attempts)
-                } else {
-                    m.failed_attempts
-                };
-                m.failed_attempts = before.saturating_add(1);
+        Next::Backoff | Next::Wait => ctx.remember(k, |m| {
+            let now = Instant::now();
+            let before = if next == Next::Wait {
+                attempts.max(m.failed_attempts)
+            } else {
                 m.failed_attempts
-            });
-            backoff(attempts)
-        }
+            };
+            // Woken before the step scheduled last ran out (a watch event, often this
+            // pass's own status write): wait out that step instead of taking the next one.
+            // Counting passes instead made a 10 s EC2 hang reach the 30 s cap within
+            // seconds, and its recovery wait for it.
+            if before > 0
+                && let Some(left) = m
+                    .backoff_until
+                    .map(|until| until.saturating_duration_since(now))
+                    .filter(|left| !left.is_zero())
+            {
+                m.failed_attempts = before;
+                return left;
+            }
+            m.failed_attempts = before.saturating_add(1);
+            let delay = backoff(m.failed_attempts);
+            m.backoff_until = Some(now + delay);
+            delay
+        }),
         // Jittered, so addresses reconciled together (a restart) spread over the interval
         // instead of arriving in bursts that delay an urgent reconcile.
         Next::Interval => spec.monitor_interval.mul_f64(rand::random_range(0.9..1.1)),

@@ -101,6 +101,10 @@ pub(super) struct AddressMemory {
     pub(super) healthy_since: HashMap<String, Timestamp>,
     pub(super) pending: Option<PendingFailover>,
     pub(super) failed_attempts: u32,
+    /// The backoff step last scheduled: until when. A pass that runs earlier (woken by a
+    /// watch event, such as its own status write) does not take another step, so the delay
+    /// doubles per elapsed step, not per pass (see `apply::after`).
+    pub(super) backoff_until: Option<Instant>,
     pub(super) blocked: Option<String>,
     /// Last resolved target per candidate, used while its instance cannot be looked up (Node
     /// deleted, providerID gone, EC2 not answering): an address on that interface stays ours.
