@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::aws::{Budget, Ec2, Observer};
-use crate::controller::Settings;
+use crate::controller::{HeartbeatClient, Settings};
 use crate::leader::{LeaderConfig, Leadership};
 use crate::metrics::Metrics;
 
@@ -37,6 +37,8 @@ pub struct ControllerConfig {
     pub ec2_timeout: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub health_addr: Option<SocketAddr>,
+    /// The heartbeat-Lease watch's own client (a test hook); `None`: the main client.
+    pub heartbeat_client: Option<HeartbeatClient>,
 }
 
 impl ControllerConfig {
@@ -54,6 +56,7 @@ impl ControllerConfig {
             safety_margin: Duration::from_secs(5),
             ec2_timeout: Duration::from_secs(2),
             health_addr: None,
+            heartbeat_client: None,
         }
     }
 
@@ -150,6 +153,7 @@ pub async fn start(
     let settings = Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
+        heartbeat_client: config.heartbeat_client.clone(),
     };
     let controller = tokio::spawn(crate::controller::run(
         client,

@@ -243,6 +243,7 @@ impl ControllerArgs {
             safety_margin: self.safety_margin,
             ec2_timeout: self.ec2_timeout,
             health_addr: Some(self.health_addr),
+            heartbeat_client: None,
         }
     }
 }

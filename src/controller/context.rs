@@ -34,6 +34,19 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Name reported on events (usually the pod name).
     pub instance: String,
+    /// The client of the heartbeat-Lease watch; `None`: the main client. A test hook, so a
+    /// test can stall that one watch while the rest of the API keeps working.
+    pub heartbeat_client: Option<HeartbeatClient>,
+}
+
+/// A kube client carried in settings (kube's `Client` has no `Debug`).
+#[derive(Clone)]
+pub struct HeartbeatClient(pub Client);
+
+impl std::fmt::Debug for HeartbeatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeartbeatClient(..)")
+    }
 }
 
 /// What the monitor task last learned from EC2.

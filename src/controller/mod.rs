@@ -49,8 +49,8 @@ use crate::metrics::Metrics;
 
 use apply::{apply, backoff, until_mutation_allowed};
 use cleanup::cleanup;
-pub use context::Settings;
 use context::{Context, Ec2View, key, lock};
+pub use context::{HeartbeatClient, Settings};
 use monitor::monitor;
 use triggers::{forward_changes, heartbeat_staleness_ticker, node_fingerprint, watch_leadership};
 
@@ -165,7 +165,12 @@ pub async fn run(
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.
     let heartbeats_synced = Arc::new(Notify::new());
-    tasks.spawn(heartbeats.run(client.clone(), heartbeats_synced.clone()));
+    let heartbeat_client = ctx
+        .settings
+        .heartbeat_client
+        .as_ref()
+        .map_or_else(|| client.clone(), |c| c.0.clone());
+    tasks.spawn(heartbeats.run(heartbeat_client, heartbeats_synced.clone()));
     tasks.spawn(restart_clocks_on_resync(
         ctx.clone(),
         changed.clone(),

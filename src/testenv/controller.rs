@@ -10,6 +10,7 @@ use kube::Client;
 
 use crate::app::{ControllerConfig, Running};
 use crate::aws::Ec2;
+use crate::controller::HeartbeatClient;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
@@ -25,6 +26,9 @@ pub struct ControllerOptions {
     pub retry_period: Duration,
     pub safety_margin: Duration,
     pub ec2_timeout: Duration,
+    /// The heartbeat-Lease watch's own client (e.g. through a `TcpProxy`); `None`: the
+    /// replica's client.
+    pub heartbeat_client: Option<HeartbeatClient>,
 }
 
 impl ControllerOptions {
@@ -40,6 +44,7 @@ impl ControllerOptions {
             retry_period: Duration::from_millis(250),
             safety_margin: Duration::from_millis(1700),
             ec2_timeout: Duration::from_millis(800),
+            heartbeat_client: None,
         }
     }
 }
@@ -63,6 +68,7 @@ impl ControllerOptions {
         c.retry_period = self.retry_period;
         c.safety_margin = self.safety_margin;
         c.ec2_timeout = self.ec2_timeout;
+        c.heartbeat_client = self.heartbeat_client.clone();
         c
     }
 }
