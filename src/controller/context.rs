@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::aws::{AddressInfo, AddressSnapshot, Ec2, InstanceInfo};
 use crate::crd::FloatingElasticIP;
 use crate::decide::{ChangeReason, Target};
-use crate::health::{Heartbeats, ProbeSignal, Probes};
+use crate::health::{Heartbeats, ProbeSignal, Probes, heartbeat};
 use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -176,18 +176,26 @@ impl Context {
     /// Time since `node`'s heartbeat last changed, counting only the time this replica has
     /// been observing heartbeats without a gap.
     pub(super) fn heartbeat_age(&self, node: &str) -> Option<Duration> {
+        observed_age(self.heartbeats.age(node), self.heartbeat_observing_for())
+    }
+
+    /// How long this replica has observed heartbeats without a gap: since the last error of
+    /// the node or holder-Lease watch, the last error, re-list or stall of the heartbeat watch
+    /// itself, and the end of an API outage seen by the election.
+    fn heartbeat_observing_for(&self) -> Duration {
         // The API failing this replica's own requests and then answering again is a gap too:
         // a write outage (etcd down) keeps watches open but stops every kubelet's renewals.
         let since_recovery = self
             .leadership
             .api_recovered_at()
             .map_or(Duration::MAX, |at| at.elapsed());
-        observed_age(
-            self.heartbeats.age(node),
-            lock(&self.heartbeats_observed_since)
-                .elapsed()
-                .min(since_recovery),
-        )
+        let since = (*lock(&self.heartbeats_observed_since)).max(self.heartbeats.observed_since());
+        since.elapsed().min(since_recovery)
+    }
+
+    /// How long the heartbeat watch has seen no node renew, over observed time.
+    pub(super) fn heartbeat_watch_idle(&self) -> Option<Duration> {
+        observed_age(self.heartbeats.idle(), self.heartbeat_observing_for())
     }
 
     /// Every cache and lock read a reconcile needs about its address and its ownership, at
@@ -256,7 +264,11 @@ impl Context {
             c.heartbeat_age = self.heartbeat_age(&c.listed.node);
             c.probe = self.probe_signal(c.node.as_ref(), spec);
         }
+        let ages: Vec<Duration> = list.iter().filter_map(|c| c.heartbeat_age).collect();
+        let heartbeat_gap =
+            heartbeat::heartbeat_gap(&ages, spec.heartbeat_timeout, self.heartbeat_watch_idle());
         CandidateReadings {
+            heartbeat_gap,
             list,
             region: self.ec2.region().map(str::to_string),
             instances_error,
@@ -384,6 +396,9 @@ pub(super) struct CandidateReadings {
     pub(super) instances_error: Option<String>,
     /// The API is failing this replica's own requests.
     pub(super) api_failing: bool,
+    /// Why the candidates' heartbeat silence is no death now (see
+    /// [`heartbeat::heartbeat_gap`]).
+    pub(super) heartbeat_gap: Option<String>,
     /// Which private IPs other addresses hold and this address's own slot (read under the
     /// slot lock, right before deciding).
     pub(super) slots: SlotInputs,

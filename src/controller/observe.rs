@@ -85,6 +85,8 @@ pub(super) struct Judging<'a> {
     pub(super) region: Option<&'a str>,
     pub(super) instances_error: Option<&'a str>,
     pub(super) api_failing: bool,
+    /// Why heartbeat silence is no death for this address now (a heartbeat gap).
+    pub(super) heartbeat_gap: Option<&'a str>,
     pub(super) now: Timestamp,
     /// Which private IPs other addresses hold, and this address's own slot.
     pub(super) slots: &'a SlotInputs,
@@ -145,6 +147,7 @@ pub(super) fn candidate_facts(
         heartbeat_age: c.heartbeat_age,
         heartbeat_timeout: j.spec.heartbeat_timeout,
         api_failing: j.api_failing,
+        heartbeat_gap: j.heartbeat_gap,
         instance,
         instances_error: j.instances_error,
         probe: c.probe.clone(),
@@ -396,6 +399,7 @@ pub(super) fn observe(
         region: readings.region.as_deref(),
         instances_error: readings.instances_error.as_deref(),
         api_failing: readings.api_failing,
+        heartbeat_gap: readings.heartbeat_gap.as_deref(),
         now,
         slots: &readings.slots,
         current: address

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use super::context::{Context, lock};
 use super::spec::DEFAULT_HEARTBEAT_TIMEOUT;
+use crate::health::heartbeat;
 use crate::kube_ext::NodeFacts;
 
 /// The change fingerprint of a Node: the hash of the facts feip's eligibility and health
@@ -30,8 +31,10 @@ pub(super) fn node_fingerprint(node: &Node) -> u64 {
 }
 
 /// A heartbeat going stale is the absence of an event, so nothing would wake the controller:
-/// every 250 ms, check whether any node crossed any heartbeat timeout in use and trigger a
-/// re-evaluation when one did.
+/// every 250 ms, check whether any node crossed any heartbeat timeout in use, or half of one
+/// (the bound under which a candidate still shows heartbeats being recorded, see
+/// [`heartbeat::fresh_bound`]: a node renewing again below it turns its fellow candidates'
+/// silence from unknown into death), and trigger a re-evaluation when one did.
 pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
     let mut last: HashMap<String, usize> = HashMap::new();
     // At most 250 ms between checks, and no later than the next crossing due (a fixed 250 ms
@@ -50,23 +53,25 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
         let mut per_node: HashMap<String, Vec<Duration>> = HashMap::new();
         let mut everywhere: Vec<Duration> = Vec::new();
         for f in ctx.feips.state() {
-            let t = f
+            let timeout = f
                 .spec
                 .health
                 .as_ref()
                 .and_then(|h| h.heartbeat_timeout)
                 .map_or(DEFAULT_HEARTBEAT_TIMEOUT, Duration::from);
-            match &f.spec.candidates {
-                Some(c) => {
-                    for c in c {
-                        let v = per_node.entry(c.node.clone()).or_default();
-                        if !v.contains(&t) {
-                            v.push(t);
+            for t in [timeout, heartbeat::fresh_bound(timeout)] {
+                match &f.spec.candidates {
+                    Some(c) => {
+                        for c in c {
+                            let v = per_node.entry(c.node.clone()).or_default();
+                            if !v.contains(&t) {
+                                v.push(t);
+                            }
                         }
                     }
+                    None if !everywhere.contains(&t) => everywhere.push(t),
+                    None => {}
                 }
-                None if !everywhere.contains(&t) => everywhere.push(t),
-                None => {}
             }
         }
         let mut any = false;
