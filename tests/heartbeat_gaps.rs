@@ -9,11 +9,16 @@
 //! right after node 1 renewed, so the holder's heartbeat is the first to age out (6.4 s into
 //! the silence) while node 1's is still 3.6 s within its timeout: the order that moved the
 //! address A -> B in the review's measurement.
+//!
+//! Also here (issue 12, finding M7): a probe keeps running for an address whose monitor
+//! interval is longer than the probe's idle garbage-collection age.
 
 use std::time::{Duration, Instant};
 
 use feip::controller::HeartbeatClient;
-use feip::testenv::scenario::{Scenario, active_on, forwarded_associations, wait_ready};
+use feip::testenv::scenario::{
+    Scenario, active_on, forwarded_associations, wait_association_of, wait_ready,
+};
 use feip::testenv::tcp_proxy::client_via;
 use feip::testenv::{AZ_A, AZ_C, TcpProxy, TestController, wait_for};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -206,6 +211,62 @@ async fn one_kubelet_silent_while_the_others_renew_fails_over() -> anyhow::Resul
     );
     println!(
         "one kubelet silent (timeout {TIMEOUT_SECS}s): address moved {:.1}s after the pause",
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_keeps_running_for_an_address_with_a_long_monitor_interval() -> anyhow::Result<()>
+{
+    let mut s = Scenario::new("probe-gc", &[]).await?;
+    for az in [AZ_A, AZ_C] {
+        s.add_node(az, |o| o.http_port = Some(8080)).await?;
+    }
+    s.run().await?;
+    // "slow" reconciles every 2 min (+-10 %) on its own; only its HTTP probe sees the app die.
+    s.create(
+        "slow",
+        s.spec(serde_json::json!({
+            "monitor": {"interval": "2m"},
+            "health": {"heartbeatTimeout": "40s", "probe": {"type": "HTTP", "port": 8080,
+                "path": "/healthz", "period": "1s", "timeout": "500ms", "failureThreshold": 3}},
+        })),
+    )
+    .await?;
+    // "fast", another address on the same nodes, makes the monitor (and with it the probe
+    // garbage collection) run every second, as any short interval in the cluster does.
+    let other = s.moto.allocate_address().await?;
+    s.create(
+        "fast",
+        s.spec(serde_json::json!({"allocationId": other.allocation_id})),
+    )
+    .await?;
+    for name in ["slow", "fast"] {
+        s.wait_status(name, "active on 0", |st| active_on(st, s.node(0)))
+            .await?;
+    }
+    // Past the 60 s idle age after which an unwanted probe is dropped, and well before the
+    // slow address's next timer (108 s at the earliest). The sleep is the test's subject.
+    tokio::time::sleep(Duration::from_secs(75)).await;
+    s.nodes[0].set_http_healthy(false);
+    let took = wait_association_of(
+        s.moto,
+        &s.eip.allocation_id,
+        Some(s.eni(1)),
+        Duration::from_secs(90),
+    )
+    .await?;
+    // Three failed probes 1 s apart, then one reconcile.
+    let bound = Duration::from_secs(10);
+    assert!(
+        took < bound,
+        "the app on node 0 failed 75 s after Active; the address moved {:.1}s later (bound \
+         {bound:?})",
+        took.as_secs_f64()
+    );
+    println!(
+        "probe with a 2 min monitor interval, app failing 75 s after Active: moved in {:.1}s",
         took.as_secs_f64()
     );
     Ok(())
