@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::aws::{AddressInfo, AddressSnapshot, Ec2, InstanceInfo};
 use crate::crd::FloatingElasticIP;
 use crate::decide::{ChangeReason, Target};
-use crate::health::{Heartbeats, ProbeSignal, Probes, heartbeat};
+use crate::health::{Heartbeats, ProbeSignal, ProbeSpec, Probes, heartbeat};
 use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -293,6 +293,28 @@ impl Context {
             since_wall: state.since_wall,
             starting: state.since.elapsed() < probe.period * 2 + probe.timeout,
         }
+    }
+
+    /// Every probe some address of this replica asks for: the probe of each candidate's
+    /// InternalIP (see [`Context::probe_signal`]). What keeps a probe running between the
+    /// reconciles of an address with a long monitor interval ([`Probes::keep`]).
+    pub(super) fn referenced_probes(&self) -> HashSet<ProbeSpec> {
+        let mut referenced = HashSet::new();
+        for f in self.feips.state() {
+            let Some(probe) = super::spec::resolve(&f).probe else {
+                continue;
+            };
+            for listed in listed_candidates(&f, &self.nodes) {
+                let ip = self
+                    .nodes
+                    .get(&ObjectRef::new(&listed.node))
+                    .and_then(|n| NodeFacts::of(&n).internal_ip());
+                if let Some(ip) = ip {
+                    referenced.insert(probe.of(ip));
+                }
+            }
+        }
+        referenced
     }
 
     /// Which private IPs of `f`'s candidates other addresses hold, and `f`'s own slot, as

@@ -52,7 +52,10 @@ use cleanup::cleanup;
 use context::{Context, Ec2View, key, lock};
 pub use context::{HeartbeatClient, Settings};
 use monitor::monitor;
-use triggers::{forward_changes, heartbeat_staleness_ticker, node_fingerprint, watch_leadership};
+use triggers::{
+    forward_changes, heartbeat_staleness_ticker, keep_referenced_probes, node_fingerprint,
+    watch_leadership,
+};
 
 /// Field manager and event reporter name.
 pub const MANAGER: &str = "feip-controller";
@@ -161,6 +164,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_nodes(ctx.clone(), changed.clone(), node_stream));
     tasks.spawn(heartbeat_staleness_ticker(ctx.clone(), changed.clone()));
+    tasks.spawn(keep_referenced_probes(ctx.clone()));
     tasks.spawn(watch_holder_leases(ctx.clone(), lease_stream));
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.

@@ -102,6 +102,25 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
     }
 }
 
+/// How often the probes some address references are marked wanted: well within the 60 s
+/// idle age after which the monitor drops a probe.
+const PROBE_KEEP_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps every referenced probe running (finding M7): an address reconciles only every
+/// `monitor.interval` (up to 1 h), so without this its probe would be dropped 60 s after a
+/// reconcile and a failure only its probe sees would wait for the address's next timer. A
+/// probe no address references any more is still dropped after the idle age.
+pub(super) async fn keep_referenced_probes(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(PROBE_KEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if ctx.leadership.is_leader() {
+            ctx.probes.keep(&ctx.referenced_probes());
+        }
+    }
+}
+
 /// Turns health changes into reconciles of just the addresses that list an affected node (a
 /// changed probe, heartbeat verdict or Node); a change that names no node (the heartbeat
 /// cache synced) reconciles everything (coalesced).

@@ -241,7 +241,22 @@ impl Probes {
         *lock(&state)
     }
 
-    /// Stops probes nobody asked for within `idle`.
+    /// Marks the probes of `referenced` (every probe some address asks for) as wanted now, so
+    /// that [`collect_garbage`](Self::collect_garbage) drops only probes that no address has
+    /// referenced for its idle age. Probes not running are not started here: the reconcile
+    /// that reads one starts it.
+    pub fn keep(&self, referenced: &HashSet<ProbeSpec>) {
+        let now = Instant::now();
+        for (spec, e) in lock(&self.entries).iter_mut() {
+            if referenced.contains(spec) {
+                e.last_wanted = now;
+            }
+        }
+    }
+
+    /// Stops probes nobody asked for within `idle`. An address reconciles only every
+    /// `monitor.interval` (up to 1 h), so reads alone do not keep its probe: the controller
+    /// marks every referenced probe through [`keep`](Self::keep) more often than `idle`.
     pub fn collect_garbage(&self, idle: Duration) {
         lock(&self.entries).retain(|_, e| e.last_wanted.elapsed() < idle);
     }
@@ -389,6 +404,28 @@ mod tests {
         let t2 = t1 + Duration::from_secs(10) + heartbeat::WATCH_STALL + Duration::from_secs(1);
         assert!(hb.observe("a", "r2", t2));
         assert_eq!(hb.observed_since(), t2);
+    }
+
+    #[tokio::test]
+    async fn kept_probes_survive_garbage_collection_and_others_do_not() {
+        let probes = Probes::new(Arc::new(Notify::new()));
+        let spec = |port| ProbeSpec {
+            ip: "127.0.0.1".parse().expect("ip"),
+            port,
+            http_path: None,
+            period: Duration::from_secs(60),
+            timeout: Duration::from_millis(10),
+            failure_threshold: 3,
+            success_threshold: 1,
+        };
+        probes.state(&spec(1));
+        probes.state(&spec(2));
+        // Both idle "for longer than" a zero age; only the referenced one is marked again.
+        std::thread::sleep(Duration::from_millis(5));
+        probes.keep(&HashSet::from([spec(1)]));
+        probes.collect_garbage(Duration::from_millis(5));
+        assert_eq!(probes.len(), 1);
+        assert!(lock(&probes.entries).contains_key(&spec(1)));
     }
 
     #[test]
