@@ -111,7 +111,9 @@ impl Ec2View {
 /// In-memory state per address that does not need to survive a restart.
 #[derive(Clone, Default)]
 pub(super) struct AddressMemory {
-    pub(super) healthy_since: HashMap<String, Timestamp>,
+    /// Since when each candidate has been healthy, on the monotonic clock (the failback
+    /// hold-down: a wall-clock step must not satisfy it early).
+    pub(super) healthy_since: HashMap<String, Instant>,
     pub(super) pending: Option<PendingFailover>,
     pub(super) failed_attempts: u32,
     pub(super) blocked: Option<String>,
