@@ -217,8 +217,7 @@ async fn one_kubelet_silent_while_the_others_renew_fails_over() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_probe_keeps_running_for_an_address_with_a_long_monitor_interval() -> anyhow::Result<()>
-{
+async fn a_probe_keeps_running_for_an_address_with_a_long_monitor_interval() -> anyhow::Result<()> {
     let mut s = Scenario::new("probe-gc", &[]).await?;
     for az in [AZ_A, AZ_C] {
         s.add_node(az, |o| o.http_port = Some(8080)).await?;

@@ -1016,7 +1016,10 @@ mod tests {
         // Healthy since `start`; 10 s later (monotonic) the wall clock has jumped an hour ahead.
         let now = wall(3600 + 10);
         let since = healthy_since_wall(now, mono(10), start);
-        assert_eq!(now.duration_since(since), jiff::SignedDuration::from_secs(10));
+        assert_eq!(
+            now.duration_since(since),
+            jiff::SignedDuration::from_secs(10)
+        );
         // A 5 min hold-down is not satisfied by the step, only by 5 min of monotonic time.
         let hold_down = jiff::SignedDuration::from_secs(300);
         assert!(now.duration_since(since) < hold_down);

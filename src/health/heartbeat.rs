@@ -83,9 +83,16 @@ mod tests {
     fn every_candidate_silent_together_is_a_gap() {
         // Every kubelet stopped at g; the holder renewed 9 s before g, the other 1 s before.
         // At g + 31 s the holder passes the timeout while the other is 32 s silent.
-        let why = heartbeat_gap(&[s(40) + Duration::from_millis(1), s(32)], TIMEOUT, Some(s(1)))
-            .expect("a full disruption");
-        assert!(why.contains("every candidate") && why.contains("32s"), "{why}");
+        let why = heartbeat_gap(
+            &[s(40) + Duration::from_millis(1), s(32)],
+            TIMEOUT,
+            Some(s(1)),
+        )
+        .expect("a full disruption");
+        assert!(
+            why.contains("every candidate") && why.contains("32s"),
+            "{why}"
+        );
         // Just past half the timeout the freshest no longer vouches for the control plane.
         assert!(heartbeat_gap(&[s(41), s(21)], TIMEOUT, None).is_some());
         // Three candidates: one renewing is enough to make the others' silence a death.

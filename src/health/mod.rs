@@ -88,7 +88,8 @@ impl Heartbeats {
                 let mut freshest = lock(&self.freshest);
                 // The first renewal after a stall ends it: what the watch missed meanwhile is
                 // unknown, so the stall was a gap (ages restart, rule 7).
-                if freshest.is_some_and(|f| now.saturating_duration_since(f) > heartbeat::WATCH_STALL)
+                if freshest
+                    .is_some_and(|f| now.saturating_duration_since(f) > heartbeat::WATCH_STALL)
                 {
                     self.record_gap(now);
                 }
