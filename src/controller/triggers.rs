@@ -31,12 +31,16 @@ pub(super) fn node_fingerprint(node: &Node) -> u64 {
 }
 
 /// A heartbeat going stale is the absence of an event, so nothing would wake the controller:
-/// every 250 ms, check whether any node crossed any heartbeat timeout in use, or half of one
-/// (the bound under which a candidate still shows heartbeats being recorded, see
-/// [`heartbeat::fresh_bound`]: a node renewing again below it turns its fellow candidates'
-/// silence from unknown into death), and trigger a re-evaluation when one did.
+/// every 250 ms, check whether any node crossed any heartbeat timeout in use and trigger a
+/// re-evaluation when one did. Also when a node renews again after a silence longer than half
+/// a timeout (the bound under which a candidate shows that heartbeats are being recorded,
+/// see [`heartbeat::fresh_bound`]): that turns its fellow candidates' silence from unknown
+/// into death. Going *over* half a timeout wakes nothing: it only turns a death into unknown
+/// (status), and waking every address of a node each time a renewal is late under load
+/// would be churn.
 pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
     let mut last: HashMap<String, usize> = HashMap::new();
+    let mut last_half: HashMap<String, usize> = HashMap::new();
     // At most 250 ms between checks, and no later than the next crossing due (a fixed 250 ms
     // tick added up to 250 ms to every heartbeat failover).
     let max_pause = Duration::from_millis(250);
@@ -59,19 +63,17 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
                 .as_ref()
                 .and_then(|h| h.heartbeat_timeout)
                 .map_or(DEFAULT_HEARTBEAT_TIMEOUT, Duration::from);
-            for t in [timeout, heartbeat::fresh_bound(timeout)] {
-                match &f.spec.candidates {
-                    Some(c) => {
-                        for c in c {
-                            let v = per_node.entry(c.node.clone()).or_default();
-                            if !v.contains(&t) {
-                                v.push(t);
-                            }
+            match &f.spec.candidates {
+                Some(c) => {
+                    for c in c {
+                        let v = per_node.entry(c.node.clone()).or_default();
+                        if !v.contains(&timeout) {
+                            v.push(timeout);
                         }
                     }
-                    None if !everywhere.contains(&t) => everywhere.push(t),
-                    None => {}
                 }
+                None if !everywhere.contains(&timeout) => everywhere.push(timeout),
+                None => {}
             }
         }
         let mut any = false;
@@ -91,7 +93,13 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
             if let Some(due) = relevant().filter_map(|t| t.checked_sub(age)).min() {
                 pause = pause.min(due + Duration::from_millis(1));
             }
-            if last.insert(name.clone(), crossed) != Some(crossed) {
+            let half = relevant()
+                .filter(|t| age > heartbeat::fresh_bound(**t))
+                .count();
+            let renewed_after_silence = last_half
+                .insert(name.clone(), half)
+                .is_some_and(|before| half < before);
+            if last.insert(name.clone(), crossed) != Some(crossed) || renewed_after_silence {
                 lock(&ctx.dirty_nodes).insert(name);
                 any = true;
             }
