@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::aws::{Budget, Ec2, Observer};
-use crate::controller::Settings;
+use crate::controller::{HeartbeatClient, Settings};
 use crate::kube_client::KubeClients;
 use crate::leader::{LeaderConfig, Leadership};
 use crate::liveness::Liveness;
@@ -47,6 +47,8 @@ pub struct ControllerConfig {
     pub kube_timeout: Duration,
     /// `/healthz` fails while this replica leads and a reconcile has been running this long.
     pub stuck_reconcile_after: Duration,
+    /// The heartbeat-Lease watch's own client (a test hook); `None`: the main client.
+    pub heartbeat_client: Option<HeartbeatClient>,
 }
 
 impl ControllerConfig {
@@ -67,6 +69,7 @@ impl ControllerConfig {
             health_addr: None,
             kube_timeout: DEFAULT_KUBE_TIMEOUT,
             stuck_reconcile_after: DEFAULT_STUCK_RECONCILE_AFTER,
+            heartbeat_client: None,
         }
     }
 
@@ -188,6 +191,7 @@ pub async fn start(
     let settings = Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
+        heartbeat_client: config.heartbeat_client.clone(),
     };
     let controller = tokio::spawn(crate::controller::run(
         clients,

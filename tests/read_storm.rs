@@ -13,8 +13,7 @@ use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule, TestController, ec2_client, wa
 
 fn storm(s: &Scenario) {
     for action in ["DescribeAddresses", "DescribeInstances"] {
-        s.proxy
-            .inject(FaultRule::always(action, Fault::Throttle));
+        s.proxy.inject(FaultRule::always(action, Fault::Throttle));
     }
 }
 
@@ -62,10 +61,7 @@ async fn a_dead_holder_is_replaced_during_a_read_storm_when_the_last_read_is_rec
         .iter()
         .filter(|r| r.action.starts_with("Describe") && r.fault.is_none())
         .count();
-    assert_eq!(
-        describes_answered, 0,
-        "the storm lasted through the move"
-    );
+    assert_eq!(describes_answered, 0, "the storm lasted through the move");
     assert_eq!(associates(&s), 1, "one AssociateAddress");
     println!(
         "read storm: moved {:.2}s after the holder died, with every Describe* throttled",

@@ -59,7 +59,10 @@ async fn every_holder_change_is_an_event_of_its_own() -> anyhow::Result<()> {
     let changes = notes(&s, "web", "holder ").await?;
     let arrow = |a: usize, b: usize| format!("{} -> {}", s.node(a), s.node(b));
     for (from, to, times) in [(0, 1, 2), (1, 0, 1)] {
-        let seen = changes.iter().filter(|n| n.contains(&arrow(from, to))).count();
+        let seen = changes
+            .iter()
+            .filter(|n| n.contains(&arrow(from, to)))
+            .count();
         assert_eq!(
             seen,
             times,
@@ -87,14 +90,12 @@ async fn a_read_storm_alone_keeps_a_confirmed_address_active() -> anyhow::Result
     s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
         .await?;
     for action in ["DescribeAddresses", "DescribeInstances"] {
-        s.proxy
-            .inject(FaultRule::always(action, Fault::Throttle));
+        s.proxy.inject(FaultRule::always(action, Fault::Throttle));
     }
     let st = s
         .wait_status("web", "EC2 unknown past the bound", |st| {
-            condition(st, "Degraded").is_some_and(|c| {
-                c.reason == "Ec2Unknown" && c.message.contains("bound")
-            })
+            condition(st, "Degraded")
+                .is_some_and(|c| c.reason == "Ec2Unknown" && c.message.contains("bound"))
         })
         .await?;
     let ready = condition(&st, "Ready").map(|c| (c.status.clone(), c.reason.clone()));

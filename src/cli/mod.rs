@@ -252,6 +252,7 @@ impl ControllerArgs {
             health_addr: Some(self.health_addr),
             kube_timeout: self.kube_timeout,
             stuck_reconcile_after: self.stuck_reconcile_after,
+            heartbeat_client: None,
         }
     }
 }

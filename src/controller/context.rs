@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use crate::aws::{AddressInfo, AddressSnapshot, Ec2, InstanceInfo};
 use crate::crd::FloatingElasticIP;
 use crate::decide::{ChangeReason, Target};
-use crate::health::{Heartbeats, ProbeSignal, Probes};
+use crate::health::{Heartbeats, ProbeSignal, ProbeSpec, Probes, heartbeat};
 use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -34,6 +34,19 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Name reported on events (usually the pod name).
     pub instance: String,
+    /// The client of the heartbeat-Lease watch; `None`: the main client. A test hook, so a
+    /// test can stall that one watch while the rest of the API keeps working.
+    pub heartbeat_client: Option<HeartbeatClient>,
+}
+
+/// A kube client carried in settings (kube's `Client` has no `Debug`).
+#[derive(Clone)]
+pub struct HeartbeatClient(pub Client);
+
+impl std::fmt::Debug for HeartbeatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeartbeatClient(..)")
+    }
 }
 
 /// What the monitor task last learned from EC2.
@@ -98,7 +111,9 @@ impl Ec2View {
 /// In-memory state per address that does not need to survive a restart.
 #[derive(Clone, Default)]
 pub(super) struct AddressMemory {
-    pub(super) healthy_since: HashMap<String, Timestamp>,
+    /// Since when each candidate has been healthy, on the monotonic clock (the failback
+    /// hold-down: a wall-clock step must not satisfy it early).
+    pub(super) healthy_since: HashMap<String, Instant>,
     pub(super) pending: Option<PendingFailover>,
     pub(super) failed_attempts: u32,
     /// The backoff step last scheduled: until when. A pass that runs earlier (woken by a
@@ -175,18 +190,26 @@ impl Context {
     /// Time since `node`'s heartbeat last changed, counting only the time this replica has
     /// been observing heartbeats without a gap.
     pub(super) fn heartbeat_age(&self, node: &str) -> Option<Duration> {
+        observed_age(self.heartbeats.age(node), self.heartbeat_observing_for())
+    }
+
+    /// How long this replica has observed heartbeats without a gap: since the last error of
+    /// the node or holder-Lease watch, the last error, re-list or stall of the heartbeat watch
+    /// itself, and the end of an API outage seen by the election.
+    fn heartbeat_observing_for(&self) -> Duration {
         // The API failing this replica's own requests and then answering again is a gap too:
         // a write outage (etcd down) keeps watches open but stops every kubelet's renewals.
         let since_recovery = self
             .leadership
             .api_recovered_at()
             .map_or(Duration::MAX, |at| at.elapsed());
-        observed_age(
-            self.heartbeats.age(node),
-            lock(&self.heartbeats_observed_since)
-                .elapsed()
-                .min(since_recovery),
-        )
+        let since = (*lock(&self.heartbeats_observed_since)).max(self.heartbeats.observed_since());
+        since.elapsed().min(since_recovery)
+    }
+
+    /// How long the heartbeat watch has seen no node renew, over observed time.
+    pub(super) fn heartbeat_watch_idle(&self) -> Option<Duration> {
+        observed_age(self.heartbeats.idle(), self.heartbeat_observing_for())
     }
 
     /// Every cache and lock read a reconcile needs about its address and its ownership, at
@@ -206,7 +229,9 @@ impl Context {
         let view = lock(&self.view);
         Snapshot {
             address: lookup_address(&view, reads, f, now, max_age),
-            address_read_age: view.addresses_at.map(|at| now.saturating_duration_since(at)),
+            address_read_age: view
+                .addresses_at
+                .map(|at| now.saturating_duration_since(at)),
             max_read_age: max_age,
             ec2_unreadable: view.addresses_error.is_some(),
             address_reads: view.address_reads,
@@ -259,7 +284,11 @@ impl Context {
             c.heartbeat_age = self.heartbeat_age(&c.listed.node);
             c.probe = self.probe_signal(c.node.as_ref(), spec);
         }
+        let ages: Vec<Duration> = list.iter().filter_map(|c| c.heartbeat_age).collect();
+        let heartbeat_gap =
+            heartbeat::heartbeat_gap(&ages, spec.heartbeat_timeout, self.heartbeat_watch_idle());
         CandidateReadings {
+            heartbeat_gap,
             list,
             region: self.ec2.region().map(str::to_string),
             instances_error,
@@ -284,6 +313,28 @@ impl Context {
             since_wall: state.since_wall,
             starting: state.since.elapsed() < probe.period * 2 + probe.timeout,
         }
+    }
+
+    /// Every probe some address of this replica asks for: the probe of each candidate's
+    /// InternalIP (see [`Context::probe_signal`]). What keeps a probe running between the
+    /// reconciles of an address with a long monitor interval ([`Probes::keep`]).
+    pub(super) fn referenced_probes(&self) -> HashSet<ProbeSpec> {
+        let mut referenced = HashSet::new();
+        for f in self.feips.state() {
+            let Some(probe) = super::spec::resolve(&f).probe else {
+                continue;
+            };
+            for listed in listed_candidates(&f, &self.nodes) {
+                let ip = self
+                    .nodes
+                    .get(&ObjectRef::new(&listed.node))
+                    .and_then(|n| NodeFacts::of(&n).internal_ip());
+                if let Some(ip) = ip {
+                    referenced.insert(probe.of(ip));
+                }
+            }
+        }
+        referenced
     }
 
     /// Which private IPs of `f`'s candidates other addresses hold, and `f`'s own slot, as
@@ -391,6 +442,9 @@ pub(super) struct CandidateReadings {
     pub(super) instances_error: Option<String>,
     /// The API is failing this replica's own requests.
     pub(super) api_failing: bool,
+    /// Why the candidates' heartbeat silence is no death now (see
+    /// [`heartbeat::heartbeat_gap`]).
+    pub(super) heartbeat_gap: Option<String>,
     /// Which private IPs other addresses hold and this address's own slot (read under the
     /// slot lock, right before deciding).
     pub(super) slots: SlotInputs,

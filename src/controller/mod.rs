@@ -50,10 +50,13 @@ use crate::metrics::Metrics;
 
 use apply::{apply, backoff, until_mutation_allowed};
 use cleanup::cleanup;
-pub use context::Settings;
 use context::{Context, Ec2View, key, lock};
+pub use context::{HeartbeatClient, Settings};
 use monitor::monitor;
-use triggers::{forward_changes, heartbeat_staleness_ticker, node_fingerprint, watch_leadership};
+use triggers::{
+    forward_changes, heartbeat_staleness_ticker, keep_referenced_probes, node_fingerprint,
+    watch_leadership,
+};
 
 /// Field manager and event reporter name.
 pub const MANAGER: &str = "feip-controller";
@@ -191,15 +194,24 @@ pub async fn run(
         Box::pin(heartbeat_staleness_ticker(ctx.clone(), changed.clone())),
     );
     spawn(
+        "probe keeper",
+        Box::pin(keep_referenced_probes(ctx.clone())),
+    );
+    spawn(
         "holder lease watch",
         Box::pin(watch_holder_leases(ctx.clone(), lease_stream)),
     );
     // The heartbeat watch notifies only when it (re)synced: a re-list after a gap (410 Gone,
     // apiserver restart), after which unchanged heartbeats must not look stale.
     let heartbeats_synced = Arc::new(Notify::new());
+    let heartbeat_client = ctx
+        .settings
+        .heartbeat_client
+        .as_ref()
+        .map_or_else(|| client.clone(), |c| c.0.clone());
     spawn(
         "heartbeat watch",
-        Box::pin(heartbeats.run(client.clone(), heartbeats_synced.clone())),
+        Box::pin(heartbeats.run(heartbeat_client, heartbeats_synced.clone())),
     );
     spawn(
         "heartbeat resync",

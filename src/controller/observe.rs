@@ -86,7 +86,11 @@ pub(super) struct Judging<'a> {
     pub(super) region: Option<&'a str>,
     pub(super) instances_error: Option<&'a str>,
     pub(super) api_failing: bool,
+    /// Why heartbeat silence is no death for this address now (a heartbeat gap).
+    pub(super) heartbeat_gap: Option<&'a str>,
     pub(super) now: Timestamp,
+    /// `now` on the monotonic clock: what healthy-since (the failback hold-down) counts on.
+    pub(super) mono: Instant,
     /// Which private IPs other addresses hold, and this address's own slot.
     pub(super) slots: &'a SlotInputs,
     /// The interface and private IP the address is associated with now.
@@ -103,11 +107,11 @@ pub(super) struct SlotInputs {
 }
 
 /// One candidate's eligibility, target and health. `healthy_since` is the address's memory
-/// of since when each candidate has been healthy (kept while healthy).
+/// of since when each candidate has been healthy (kept while healthy, monotonic).
 pub(super) fn candidate_facts(
     j: &Judging<'_>,
     c: &CandidateReading,
-    healthy_since: &mut HashMap<String, Timestamp>,
+    healthy_since: &mut HashMap<String, Instant>,
 ) -> CandidateFacts {
     let listed = &c.listed;
     let view = |health, eligibility, target| CandidateView {
@@ -146,13 +150,15 @@ pub(super) fn candidate_facts(
         heartbeat_age: c.heartbeat_age,
         heartbeat_timeout: j.spec.heartbeat_timeout,
         api_failing: j.api_failing,
+        heartbeat_gap: j.heartbeat_gap,
         instance,
         instances_error: j.instances_error,
         probe: c.probe.clone(),
         now: j.now,
     });
     let since = if verdict.health == NodeHealth::Healthy {
-        Some(*healthy_since.entry(listed.node.clone()).or_insert(j.now))
+        let start = *healthy_since.entry(listed.node.clone()).or_insert(j.mono);
+        Some(healthy_since_wall(j.now, j.mono, start))
     } else {
         healthy_since.remove(&listed.node);
         None
@@ -168,6 +174,16 @@ pub(super) fn candidate_facts(
         dead_since: verdict.dead_since,
         probe_pending: verdict.probe_pending,
     }
+}
+
+/// The wall-clock form of a monotonic healthy-since `start` that the decision compares with
+/// `now` (finding L7): `now` minus the monotonic time elapsed since `start`. The decision's
+/// `now - healthy_since` is then monotonic time, whatever the wall clock did meanwhile (a
+/// forward step cannot satisfy the failback hold-down early, a backward one cannot delay it).
+pub(super) fn healthy_since_wall(now: Timestamp, mono: Instant, start: Instant) -> Timestamp {
+    let healthy_for = jiff::SignedDuration::try_from(mono.saturating_duration_since(start))
+        .unwrap_or(jiff::SignedDuration::MAX);
+    now.checked_sub(healthy_for).unwrap_or(Timestamp::MIN)
 }
 
 /// Eligibility (standby label, cordon/drain/termination taints, instance resolution) and the
@@ -397,7 +413,10 @@ pub(super) fn observe(
         region: readings.region.as_deref(),
         instances_error: readings.instances_error.as_deref(),
         api_failing: readings.api_failing,
+        heartbeat_gap: readings.heartbeat_gap.as_deref(),
         now,
+        // The monotonic clock is read here, at the edge: the judging itself takes it as input.
+        mono: Instant::now(),
         slots: &readings.slots,
         current: address
             .info
@@ -659,7 +678,10 @@ pub(super) fn lookup_address(
         // While DescribeAddresses fails (a throttling storm), the last good read still counts
         // if it is recent enough to act on: a definitely dead holder is replaced on it rather
         // than after the storm. Older, the state is unknown and status says why.
-        match view.addresses_at.map(|at| now.saturating_duration_since(at)) {
+        match view
+            .addresses_at
+            .map(|at| now.saturating_duration_since(at))
+        {
             Some(age) if age <= max_age => {}
             Some(age) => {
                 return AddressLookup::Unreadable(format!(
@@ -1011,6 +1033,31 @@ mod tests {
         // One VPC, or nothing known: nobody is flagged.
         assert!(vpc_mismatches(&placed[..1], None).is_empty());
         assert!(vpc_mismatches(&[c("d", None, None)], None).is_empty());
+    }
+
+    #[test]
+    fn a_wall_clock_step_cannot_satisfy_the_hold_down() {
+        let wall = |secs: i64| Timestamp::from_second(1_767_225_600 + secs).expect("valid time");
+        let start = Instant::now();
+        let mono = |secs| start + std::time::Duration::from_secs(secs);
+        // Healthy since `start`; 10 s later (monotonic) the wall clock has jumped an hour ahead.
+        let now = wall(3600 + 10);
+        let since = healthy_since_wall(now, mono(10), start);
+        assert_eq!(
+            now.duration_since(since),
+            jiff::SignedDuration::from_secs(10)
+        );
+        // A 5 min hold-down is not satisfied by the step, only by 5 min of monotonic time.
+        let hold_down = jiff::SignedDuration::from_secs(300);
+        assert!(now.duration_since(since) < hold_down);
+        let later = wall(3600 + 300);
+        assert!(later.duration_since(healthy_since_wall(later, mono(300), start)) >= hold_down);
+        // A backward step does not delay it either.
+        let back = wall(-3600 + 300);
+        assert_eq!(
+            back.duration_since(healthy_since_wall(back, mono(300), start)),
+            hold_down
+        );
     }
 
     #[test]

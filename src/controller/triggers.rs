@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use super::context::{Context, lock};
 use super::spec::DEFAULT_HEARTBEAT_TIMEOUT;
+use crate::health::heartbeat;
 use crate::kube_ext::NodeFacts;
 
 /// The change fingerprint of a Node: the hash of the facts feip's eligibility and health
@@ -31,9 +32,15 @@ pub(super) fn node_fingerprint(node: &Node) -> u64 {
 
 /// A heartbeat going stale is the absence of an event, so nothing would wake the controller:
 /// every 250 ms, check whether any node crossed any heartbeat timeout in use and trigger a
-/// re-evaluation when one did.
+/// re-evaluation when one did. Also when a node renews again after a silence longer than half
+/// a timeout (the bound under which a candidate shows that heartbeats are being recorded,
+/// see [`heartbeat::fresh_bound`]): that turns its fellow candidates' silence from unknown
+/// into death. Going *over* half a timeout wakes nothing: it only turns a death into unknown
+/// (status), and waking every address of a node each time a renewal is late under load
+/// would be churn.
 pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<Notify>) {
     let mut last: HashMap<String, usize> = HashMap::new();
+    let mut last_half: HashMap<String, usize> = HashMap::new();
     // At most 250 ms between checks, and no later than the next crossing due (a fixed 250 ms
     // tick added up to 250 ms to every heartbeat failover).
     let max_pause = Duration::from_millis(250);
@@ -50,7 +57,7 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
         let mut per_node: HashMap<String, Vec<Duration>> = HashMap::new();
         let mut everywhere: Vec<Duration> = Vec::new();
         for f in ctx.feips.state() {
-            let t = f
+            let timeout = f
                 .spec
                 .health
                 .as_ref()
@@ -60,12 +67,12 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
                 Some(c) => {
                     for c in c {
                         let v = per_node.entry(c.node.clone()).or_default();
-                        if !v.contains(&t) {
-                            v.push(t);
+                        if !v.contains(&timeout) {
+                            v.push(timeout);
                         }
                     }
                 }
-                None if !everywhere.contains(&t) => everywhere.push(t),
+                None if !everywhere.contains(&timeout) => everywhere.push(timeout),
                 None => {}
             }
         }
@@ -86,13 +93,38 @@ pub(super) async fn heartbeat_staleness_ticker(ctx: Arc<Context>, changed: Arc<N
             if let Some(due) = relevant().filter_map(|t| t.checked_sub(age)).min() {
                 pause = pause.min(due + Duration::from_millis(1));
             }
-            if last.insert(name.clone(), crossed) != Some(crossed) {
+            let half = relevant()
+                .filter(|t| age > heartbeat::fresh_bound(**t))
+                .count();
+            let renewed_after_silence = last_half
+                .insert(name.clone(), half)
+                .is_some_and(|before| half < before);
+            if last.insert(name.clone(), crossed) != Some(crossed) || renewed_after_silence {
                 lock(&ctx.dirty_nodes).insert(name);
                 any = true;
             }
         }
         if any {
             changed.notify_one();
+        }
+    }
+}
+
+/// How often the probes some address references are marked wanted: well within the 60 s
+/// idle age after which the monitor drops a probe.
+const PROBE_KEEP_PERIOD: Duration = Duration::from_secs(10);
+
+/// Keeps every referenced probe running (finding M7): an address reconciles only every
+/// `monitor.interval` (up to 1 h), so without this its probe would be dropped 60 s after a
+/// reconcile and a failure only its probe sees would wait for the address's next timer. A
+/// probe no address references any more is still dropped after the idle age.
+pub(super) async fn keep_referenced_probes(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(PROBE_KEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if ctx.leadership.is_leader() {
+            ctx.probes.keep(&ctx.referenced_probes());
         }
     }
 }

@@ -2,6 +2,7 @@
 //! change), and active TCP/HTTP probes of a node's InternalIP. Both are tri-state: a signal
 //! that cannot be read is "unknown", never "dead".
 
+pub mod heartbeat;
 mod verdict;
 pub use verdict::{NodeSignals, ProbeSignal, Verdict, verdict};
 
@@ -24,11 +25,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Tracks kubelet heartbeat Leases in `kube-node-lease`: for each node, the last renewTime
-/// seen and the local instant it was first seen (client-go's observedTime).
-#[derive(Default)]
+/// seen and the local instant it was first seen (client-go's observedTime); when this watch
+/// last had a gap (an error, a re-list, the end of a stall), and when it last saw any node
+/// renew. A gap means renewals may have gone unseen, so ages count from the gap at most
+/// (as for the node and holder-Lease watches, see `Context::heartbeat_age`).
 pub struct Heartbeats {
     seen: Mutex<HashMap<String, (String, Instant)>>,
     synced: std::sync::atomic::AtomicBool,
+    /// The last gap in this watch's observation (construction counts as one).
+    gap_at: Mutex<Instant>,
+    /// When this watch last saw any heartbeat change.
+    freshest: Mutex<Option<Instant>>,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::default(),
+            synced: std::sync::atomic::AtomicBool::new(false),
+            gap_at: Mutex::new(Instant::now()),
+            freshest: Mutex::new(None),
+        }
+    }
 }
 
 impl Heartbeats {
@@ -42,6 +60,24 @@ impl Heartbeats {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Since when this watch has observed without a gap.
+    pub fn observed_since(&self) -> Instant {
+        *lock(&self.gap_at)
+    }
+
+    /// How long this watch has seen no node renew, counting only time observed without a
+    /// gap; None before the first renewal was seen.
+    pub fn idle(&self) -> Option<Duration> {
+        let freshest = (*lock(&self.freshest))?;
+        Some(freshest.elapsed().min(self.observed_since().elapsed()))
+    }
+
+    /// A gap in this watch's observation: renewals until `now` may have gone unseen.
+    pub fn record_gap(&self, now: Instant) {
+        let mut gap = lock(&self.gap_at);
+        *gap = (*gap).max(now);
+    }
+
     /// Records one observation; returns true when the heartbeat changed.
     pub fn observe(&self, node: &str, renew: &str, now: Instant) -> bool {
         let mut seen = lock(&self.seen);
@@ -49,12 +85,23 @@ impl Heartbeats {
             Some((prev, _)) if prev == renew => false,
             _ => {
                 seen.insert(node.to_string(), (renew.to_string(), now));
+                let mut freshest = lock(&self.freshest);
+                // The first renewal after a stall ends it: what the watch missed meanwhile is
+                // unknown, so the stall was a gap (ages restart, rule 7).
+                if freshest
+                    .is_some_and(|f| now.saturating_duration_since(f) > heartbeat::WATCH_STALL)
+                {
+                    self.record_gap(now);
+                }
+                *freshest = Some(freshest.map_or(now, |f| f.max(now)));
                 true
             }
         }
     }
 
-    /// Watches the heartbeat Leases until the stream ends (never, in practice).
+    /// Watches the heartbeat Leases until the stream ends (never, in practice). An error and a
+    /// (re)list are gaps: the watcher may have missed events, and a re-list shows current
+    /// renewTimes that may have changed several times unseen.
     pub async fn run(self: Arc<Self>, client: Client, changed: Arc<Notify>) {
         let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
         let mut stream = watcher(leases, watcher::Config::default())
@@ -66,6 +113,7 @@ impl Heartbeats {
                     self.observe_lease(&l);
                 }
                 Ok(watcher::Event::InitDone) => {
+                    self.record_gap(Instant::now());
                     self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
                     changed.notify_one();
                 }
@@ -74,8 +122,11 @@ impl Heartbeats {
                         lock(&self.seen).remove(name);
                     }
                 }
-                Ok(watcher::Event::Init) => {}
-                Err(e) => tracing::warn!(error = %e, "node heartbeat watch error; retrying"),
+                Ok(watcher::Event::Init) => self.record_gap(Instant::now()),
+                Err(e) => {
+                    self.record_gap(Instant::now());
+                    tracing::warn!(error = %e, "node heartbeat watch error (a gap); retrying");
+                }
             }
         }
     }
@@ -191,7 +242,22 @@ impl Probes {
         *lock(&state)
     }
 
-    /// Stops probes nobody asked for within `idle`.
+    /// Marks the probes of `referenced` (every probe some address asks for) as wanted now, so
+    /// that [`collect_garbage`](Self::collect_garbage) drops only probes that no address has
+    /// referenced for its idle age. Probes not running are not started here: the reconcile
+    /// that reads one starts it.
+    pub fn keep(&self, referenced: &HashSet<ProbeSpec>) {
+        let now = Instant::now();
+        for (spec, e) in lock(&self.entries).iter_mut() {
+            if referenced.contains(spec) {
+                e.last_wanted = now;
+            }
+        }
+    }
+
+    /// Stops probes nobody asked for within `idle`. An address reconciles only every
+    /// `monitor.interval` (up to 1 h), so reads alone do not keep its probe: the controller
+    /// marks every referenced probe through [`keep`](Self::keep) more often than `idle`.
     pub fn collect_garbage(&self, idle: Duration) {
         lock(&self.entries).retain(|_, e| e.last_wanted.elapsed() < idle);
     }
@@ -322,6 +388,45 @@ mod tests {
         assert!(hb.age("a").is_some());
         assert!(hb.observe("a", "r2", t0 + Duration::from_secs(6)));
         assert_eq!(hb.age("b"), None);
+    }
+
+    #[test]
+    fn gaps_only_move_forward_and_a_stall_ends_in_a_gap() {
+        let hb = Heartbeats::default();
+        let t0 = Instant::now();
+        let start = hb.observed_since();
+        hb.record_gap(t0 - Duration::from_secs(1));
+        assert_eq!(hb.observed_since(), start.max(t0 - Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(hb.observe("a", "r1", t1));
+        assert!(hb.observe("b", "r1", t1 + Duration::from_secs(10)));
+        assert!(hb.observed_since() < t1, "renewals 10s apart are no stall");
+        // Nothing renewed for longer than the stall bound, then a renewal: a gap at it.
+        let t2 = t1 + Duration::from_secs(10) + heartbeat::WATCH_STALL + Duration::from_secs(1);
+        assert!(hb.observe("a", "r2", t2));
+        assert_eq!(hb.observed_since(), t2);
+    }
+
+    #[tokio::test]
+    async fn kept_probes_survive_garbage_collection_and_others_do_not() {
+        let probes = Probes::new(Arc::new(Notify::new()));
+        let spec = |port| ProbeSpec {
+            ip: "127.0.0.1".parse().expect("ip"),
+            port,
+            http_path: None,
+            period: Duration::from_secs(60),
+            timeout: Duration::from_millis(10),
+            failure_threshold: 3,
+            success_threshold: 1,
+        };
+        probes.state(&spec(1));
+        probes.state(&spec(2));
+        // Both idle "for longer than" a zero age; only the referenced one is marked again.
+        std::thread::sleep(Duration::from_millis(5));
+        probes.keep(&HashSet::from([spec(1)]));
+        probes.collect_garbage(Duration::from_millis(5));
+        assert_eq!(probes.len(), 1);
+        assert!(lock(&probes.entries).contains_key(&spec(1)));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct NodeSignals<'a> {
     pub heartbeat_timeout: Duration,
     /// The API is failing this replica's own requests (kubelets cannot renew either).
     pub api_failing: bool,
+    /// Why heartbeat silence cannot be read as death right now (the heartbeat watch stalled,
+    /// or every candidate is silent together: see [`super::heartbeat::heartbeat_gap`]).
+    pub heartbeat_gap: Option<&'a str>,
     /// The node's instance as EC2 last described it.
     pub instance: Option<&'a InstanceInfo>,
     /// The last DescribeInstances error, if it failed.
@@ -76,6 +79,11 @@ pub fn verdict(s: &NodeSignals<'_>) -> Verdict {
         if s.api_failing {
             unknown = Some(format!(
                 "kubelet heartbeat unchanged for {}s while the API is failing this controller's requests",
+                age.as_secs()
+            ));
+        } else if let Some(gap) = s.heartbeat_gap {
+            unknown = Some(format!(
+                "kubelet heartbeat unchanged for {}s, but {gap}",
                 age.as_secs()
             ));
         } else {
@@ -189,6 +197,7 @@ mod tests {
         ready: Option<&'static str>,
         heartbeat_age: Option<Duration>,
         api_failing: bool,
+        heartbeat_gap: Option<&'static str>,
         instance: Option<InstanceInfo>,
         instances_error: Option<&'static str>,
         probe: ProbeSignal,
@@ -200,6 +209,7 @@ mod tests {
                 ready: Some("True"),
                 heartbeat_age: Some(Duration::from_secs(1)),
                 api_failing: false,
+                heartbeat_gap: None,
                 instance: Some(instance("running")),
                 instances_error: None,
                 probe: ProbeSignal::Off,
@@ -214,6 +224,7 @@ mod tests {
                 heartbeat_age: self.heartbeat_age,
                 heartbeat_timeout: TIMEOUT,
                 api_failing: self.api_failing,
+                heartbeat_gap: self.heartbeat_gap,
                 instance: self.instance.as_ref(),
                 instances_error: self.instances_error,
                 probe: self.probe.clone(),
@@ -329,6 +340,26 @@ mod tests {
                     "kubelet heartbeat unchanged for 55s while the API is failing this controller's requests",
                     false,
                 ),
+            ),
+            (
+                "stale_heartbeat_during_a_heartbeat_gap_is_unknown",
+                Case {
+                    heartbeat_age: secs(55),
+                    heartbeat_gap: Some("the heartbeat watch is stalled"),
+                    ..Case::default()
+                },
+                unknown(
+                    "kubelet heartbeat unchanged for 55s, but the heartbeat watch is stalled",
+                    false,
+                ),
+            ),
+            (
+                "a_heartbeat_gap_with_a_fresh_heartbeat_is_healthy",
+                Case {
+                    heartbeat_gap: Some("the heartbeat watch is stalled"),
+                    ..Case::default()
+                },
+                healthy(),
             ),
             (
                 "api_failing_with_a_fresh_heartbeat_is_healthy",

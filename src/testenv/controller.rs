@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::app::{ControllerConfig, Running};
 use crate::aws::Ec2;
+use crate::controller::HeartbeatClient;
 use crate::kube_client::KubeClients;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -31,6 +32,9 @@ pub struct ControllerOptions {
     pub stuck_reconcile_after: Duration,
     /// Serve `/healthz`, `/readyz` and `/metrics` here (none by default).
     pub health_addr: Option<SocketAddr>,
+    /// The heartbeat-Lease watch's own client (e.g. through a `TcpProxy`); `None`: the
+    /// replica's client.
+    pub heartbeat_client: Option<HeartbeatClient>,
 }
 
 impl ControllerOptions {
@@ -49,6 +53,7 @@ impl ControllerOptions {
             kube_timeout: Duration::from_secs(2),
             stuck_reconcile_after: crate::app::DEFAULT_STUCK_RECONCILE_AFTER,
             health_addr: None,
+            heartbeat_client: None,
         }
     }
 }
@@ -75,6 +80,7 @@ impl ControllerOptions {
         c.kube_timeout = self.kube_timeout;
         c.stuck_reconcile_after = self.stuck_reconcile_after;
         c.health_addr = self.health_addr;
+        c.heartbeat_client = self.heartbeat_client.clone();
         c
     }
 }

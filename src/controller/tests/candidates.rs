@@ -63,7 +63,9 @@ fn judge(ctx: &Ctx, c: &CandidateReading) -> Judged {
         region: ctx.region,
         instances_error: ctx.instances_error,
         api_failing: false,
+        heartbeat_gap: None,
         now: now(),
+        mono: std::time::Instant::now(),
         slots: &SlotInputs::default(),
         current: None,
     };
@@ -373,12 +375,14 @@ fn candidate_eligibility_and_target_table() {
 fn healthy_since_is_kept_while_healthy_and_reset_otherwise() {
     let spec = resolve(&feip(spec(serde_json::json!({}))));
     let no_slots = SlotInputs::default();
-    let judging = |now| Judging {
+    let judging = |now, mono| Judging {
         spec: &spec,
         region: Some(REGION),
         instances_error: None,
         api_failing: false,
+        heartbeat_gap: None,
         now,
+        mono,
         slots: &no_slots,
         current: None,
     };
@@ -388,36 +392,48 @@ fn healthy_since_is_kept_while_healthy_and_reset_otherwise() {
     let mut gone = reading("a");
     gone.node = None;
     let mut memory = HashMap::new();
-    let mut step = |at, c: &CandidateReading| {
-        let since = candidate_facts(&judging(at), c, &mut memory)
+    let t0 = std::time::Instant::now();
+    // (wall clock, monotonic clock) in seconds: the memory holds the monotonic start, the view
+    // its wall-clock form (now minus the monotonic time since the start).
+    let mut step = |wall: i64, mono: u64, c: &CandidateReading| {
+        let at = t0 + std::time::Duration::from_secs(mono);
+        let since = candidate_facts(&judging(ts(wall), at), c, &mut memory)
             .view
             .healthy_since;
-        (since, memory.get("a").copied())
+        let kept = memory
+            .get("a")
+            .map(|s: &std::time::Instant| s.duration_since(t0).as_secs());
+        (since, kept)
     };
     let rows = vec![
         (
             "first_healthy_pass_starts_the_clock",
-            step(ts(0), &ready),
-            (Some(ts(0)), Some(ts(0))),
+            step(0, 0, &ready),
+            (Some(ts(0)), Some(0)),
         ),
         (
             "healthy_again_keeps_the_start",
-            step(ts(10), &ready),
-            (Some(ts(0)), Some(ts(0))),
+            step(10, 10, &ready),
+            (Some(ts(0)), Some(0)),
+        ),
+        (
+            "a_wall_clock_step_does_not_age_the_start",
+            step(3615, 15, &ready),
+            (Some(ts(3600)), Some(0)),
         ),
         (
             "unhealthy_drops_the_start",
-            step(ts(20), &not_ready),
+            step(20, 20, &not_ready),
             (None, None),
         ),
         (
             "healthy_after_unhealthy_restarts",
-            step(ts(30), &ready),
-            (Some(ts(30)), Some(ts(30))),
+            step(30, 30, &ready),
+            (Some(ts(30)), Some(30)),
         ),
         (
             "missing_node_drops_the_start",
-            step(ts(40), &gone),
+            step(40, 40, &gone),
             (None, None),
         ),
     ];
@@ -891,12 +907,24 @@ fn lookup_address_table() {
     assert_rows(vec![
         (
             "not_fresh_since_leadership_ignores_what_is_cached",
-            lookup_address(&found, Ec2Reads::NoneSinceLeadership, &by_alloc, t0(), BOUND),
+            lookup_address(
+                &found,
+                Ec2Reads::NoneSinceLeadership,
+                &by_alloc,
+                t0(),
+                BOUND,
+            ),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
             "not_fresh_wins_over_an_error",
-            lookup_address(&failing, Ec2Reads::NoneSinceLeadership, &by_alloc, t0(), BOUND),
+            lookup_address(
+                &failing,
+                Ec2Reads::NoneSinceLeadership,
+                &by_alloc,
+                t0(),
+                BOUND,
+            ),
             AddressLookup::NotReadSinceLeadership,
         ),
         (
@@ -911,12 +939,24 @@ fn lookup_address_table() {
         ),
         (
             "allocation_id_covered_but_absent",
-            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
+            lookup_address(
+                &covered_empty,
+                Ec2Reads::SinceLeadership,
+                &by_alloc,
+                t0(),
+                BOUND,
+            ),
             AddressLookup::Absent,
         ),
         (
             "allocation_id_not_covered_yet",
-            lookup_address(&not_covered, Ec2Reads::SinceLeadership, &by_alloc, t0(), BOUND),
+            lookup_address(
+                &not_covered,
+                Ec2Reads::SinceLeadership,
+                &by_alloc,
+                t0(),
+                BOUND,
+            ),
             AddressLookup::NotLookedUpYet,
         ),
         (
@@ -926,7 +966,13 @@ fn lookup_address_table() {
         ),
         (
             "public_ip_covered_but_absent",
-            lookup_address(&covered_empty, Ec2Reads::SinceLeadership, &by_ip, t0(), BOUND),
+            lookup_address(
+                &covered_empty,
+                Ec2Reads::SinceLeadership,
+                &by_ip,
+                t0(),
+                BOUND,
+            ),
             AddressLookup::Absent,
         ),
         (

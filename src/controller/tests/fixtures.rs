@@ -403,6 +403,7 @@ pub(super) fn readings(list: Vec<CandidateReading>) -> CandidateReadings {
         region: Some(REGION.into()),
         instances_error: None,
         api_failing: false,
+        heartbeat_gap: None,
         slots: SlotInputs::default(),
     }
 }
