@@ -407,9 +407,9 @@ async fn read_afresh_if_old(
     pass: &Pass<'_>,
     current: &AddressInfo,
 ) -> Result<(), Ec2Error> {
-    let Some(age) = pass.read_age.filter(|age| *age > pass.max_read_age) else {
+    if !pass.read_age.is_some_and(|age| age > pass.max_read_age) {
         return Ok(());
-    };
+    }
     let allocation_id = current.allocation_id.clone();
     let fresh = ctx
         .ec2
@@ -417,9 +417,9 @@ async fn read_afresh_if_old(
         .await
         .map_err(|e| Ec2Error::Unknown {
             operation: "DescribeAddresses",
+            // No age in status text (it would change, and rewrite the status, every pass).
             reason: format!(
-                "the last address read is {:.1}s old, above the {}s bound for acting on one, and a fresh read failed: {e}",
-                age.as_secs_f64(),
+                "the last address read is older than the {}s bound for acting on one, and a fresh read failed: {e}",
                 pass.max_read_age.as_secs_f64()
             ),
             throttled: false,
@@ -437,10 +437,7 @@ async fn read_afresh_if_old(
     lock(&ctx.view).addresses.insert(fresh.clone());
     Err(Ec2Error::Unknown {
         operation: "DescribeAddresses",
-        reason: format!(
-            "the address changed since the last read ({:.1}s old); deciding again on a fresh one",
-            age.as_secs_f64()
-        ),
+        reason: "the address changed since the last read; deciding again on a fresh one".into(),
         throttled: false,
     })
 }

@@ -683,10 +683,11 @@ pub(super) fn lookup_address(
             .map(|at| now.saturating_duration_since(at))
         {
             Some(age) if age <= max_age => {}
-            Some(age) => {
+            // No age in the message: it is status text, and a message that changes on every
+            // pass would rewrite the status (and wake the address again) on every pass.
+            Some(_) => {
                 return AddressLookup::Unreadable(format!(
-                    "{e}; the last address read is {:.1}s old, above the {}s bound for acting on one (twice monitor.interval)",
-                    age.as_secs_f64(),
+                    "{e}; the last address read is older than the {}s bound for acting on one (twice monitor.interval)",
                     max_age.as_secs_f64()
                 ));
             }
