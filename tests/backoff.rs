@@ -355,9 +355,11 @@ async fn a_minute_of_describe_outage_with_many_addresses_keeps_request_rates_bou
         assert!(n <= 36, "{n} {what} in {elapsed:.0}s (bound 36)");
     }
     // Status: one write per address entering the unknown state on an idle machine (200 of
-    // 200); up to 2.5 per address seen on a loaded one. Holder-Lease updates: about 1.3 per
-    // address in the minute (not this test's subject). 5 per address leaves room.
-    let write_bound = ADDRESSES * 5;
+    // 200); up to 2.5 per address seen on a loaded one. Holder-Lease renewals go on while EC2
+    // is unknown (the Lease vouches for the last confirmed state; docs/architecture.md): one
+    // per half lease duration (15 s), at most 5 per address in the minute, 3.4 measured.
+    // 8 per address leaves room; a hot loop writes hundreds.
+    let write_bound = ADDRESSES * 8;
     assert!(
         writes <= write_bound,
         "{writes} apiserver writes in {elapsed:.0}s (bound {write_bound}): {by_kind:?}"
