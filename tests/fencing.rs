@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use feip::crd::FloatingElasticIP;
-use feip::testenv::scenario::{Scenario, active_on, wait_ready};
+use feip::testenv::scenario::{Scenario, active_on, forwarded_associations, wait_leading, wait_ready};
 use feip::testenv::tcp_proxy::client_via;
 use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule, TestController, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ApiResource, DynamicObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -330,6 +331,113 @@ async fn a_pass_in_flight_does_not_overwrite_a_newer_status() -> anyhow::Result<
     assert!(
         failovers.is_some_and(|n| n >= 7),
         "the newer status's count was overwritten: failoverCount {failovers:?}; status: {status}"
+    );
+    Ok(())
+}
+
+/// The leader Lease's transition count: the epoch of the replica that leads.
+async fn leader_epoch(s: &Scenario) -> anyhow::Result<i32> {
+    let api: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    Ok(api
+        .get("feip-controller")
+        .await?
+        .spec
+        .and_then(|l| l.lease_transitions)
+        .unwrap_or(0))
+}
+
+/// M2 scenario 3: a deposed leader decided a failover n0 -> n1 (from a view the new leader
+/// does not share) and its holder-Lease PUT was held up in a partition; it lands after the
+/// handover, its resourceVersion still current because nobody wrote the Lease since. The new
+/// leader sees n0 healthy with the address on it: it does not carry out the old decision (no
+/// AssociateAddress, no failover recorded) and puts the Lease back on n0.
+///
+/// The test sends that PUT itself, with what the deposed leader's write carries: the new
+/// holder unconfirmed, the failover's start, and the deposed leader's epoch.
+#[tokio::test]
+async fn a_deposed_leaders_delayed_decision_is_not_carried_out() -> anyhow::Result<()> {
+    let mut s = Scenario::new("fence-epoch", &[AZ_A, AZ_C]).await?;
+    let mut a = s.start_controller("replica-a").await?;
+    wait_leading(&a, s.wait).await?;
+    s.create("web", s.spec(serde_json::json!({}))).await?;
+    s.wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    let old_epoch = leader_epoch(&s).await?;
+    let b = s.start_controller("replica-b").await?;
+    wait_ready(&b, s.wait).await?;
+    a.shutdown().await;
+    wait_leading(&b, s.wait).await?;
+    assert!(leader_epoch(&s).await? > old_epoch, "b leads in a later epoch");
+    s.controllers.push(b);
+    s.wait_monitor_passes(2).await?;
+    let associations = forwarded_associations(&s.proxy, &s.eip.allocation_id);
+
+    // The delayed PUT of the deposed leader lands now.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns);
+    let mut lease = s.lease("web").await?.expect("holder lease");
+    let transitions = lease.spec.as_ref().and_then(|l| l.lease_transitions);
+    let annotations = lease.metadata.annotations.get_or_insert_default();
+    annotations.insert("feip.io/confirmed".into(), "false".into());
+    annotations.insert("feip.io/reason".into(), "HolderDead".into());
+    annotations.insert("feip.io/failover-from".into(), s.node(0).into());
+    annotations.insert(
+        "feip.io/detected-at".into(),
+        jiff::Timestamp::now().to_string(),
+    );
+    annotations.insert("feip.io/leader-epoch".into(), old_epoch.to_string());
+    annotations.insert(
+        "feip.io/private-ip".into(),
+        s.instances[1].private_ip.clone(),
+    );
+    annotations.insert(
+        "feip.io/network-interface".into(),
+        s.instances[1].network_interface_id.clone(),
+    );
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some(s.node(1).into());
+        spec.lease_transitions = transitions.map(|t| t + 1);
+    }
+    leases
+        .replace("feip-web", &kube::api::PostParams::default(), &lease)
+        .await?;
+
+    // Whatever the new leader makes of it, it ends with a confirmed Lease.
+    let lease = wait_for("the holder Lease confirmed again", s.wait, || async {
+        let l = s.lease("web").await?;
+        let confirmed = l
+            .as_ref()
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .and_then(|a| a.get("feip.io/confirmed"))
+            .is_some_and(|v| v == "true");
+        Ok(l.filter(|_| confirmed))
+    })
+    .await?;
+    s.wait_monitor_passes(2).await?;
+    let holder = lease.spec.and_then(|l| l.holder_identity);
+    assert_eq!(
+        holder.as_deref(),
+        Some(s.node(0)),
+        "the deposed leader's decision was carried out"
+    );
+    assert_eq!(
+        forwarded_associations(&s.proxy, &s.eip.allocation_id),
+        associations,
+        "no AssociateAddress for the superseded decision"
+    );
+    assert_eq!(
+        s.moto.association(&s.eip.allocation_id).await?.as_deref(),
+        Some(s.eni(0))
+    );
+    let (recorded, status) = recorded_changes(&s, "web").await?;
+    assert_eq!(recorded, 0, "no failover recorded: {status}");
+    let st = s
+        .wait_status("web", "active on 0", |st| active_on(st, s.node(0)))
+        .await?;
+    assert_eq!(st.failover_count, 0, "{st:?}");
+    let reasons = s.event_reasons("web").await?;
+    assert!(
+        reasons.iter().any(|r| r == "Superseded"),
+        "the re-decision is reported: {reasons:?}"
     );
     Ok(())
 }
