@@ -133,6 +133,7 @@ impl LeaderConfig {
 #[must_use = "a permit is taken right before the request it allows"]
 pub struct MutationPermit {
     mutate_until: Instant,
+    epoch: Option<i32>,
     _in_flight: InFlight,
 }
 
@@ -161,6 +162,11 @@ impl MutationPermit {
     /// start.
     pub fn mutate_until(&self) -> Instant {
         self.mutate_until
+    }
+
+    /// The leadership term this permit was taken in (see [`Leadership::epoch`]).
+    pub fn epoch(&self) -> Option<i32> {
+        self.epoch
     }
 }
 
@@ -252,6 +258,8 @@ struct LeaderState {
     valid_until: Option<Instant>,
     /// `valid_until - safety_margin`: the last instant at which an EC2 mutation may start.
     mutate_until: Option<Instant>,
+    /// The leader Lease's `leaseTransitions` as this replica last wrote it (its term).
+    epoch: Option<i32>,
 }
 
 impl Default for Leadership {
@@ -312,6 +320,7 @@ impl Leadership {
         let until = s.mutate_until.filter(|until| s.leader && now < *until)?;
         Some(MutationPermit {
             mutate_until: until,
+            epoch: s.epoch,
             _in_flight: in_flight,
         })
     }
@@ -418,8 +427,24 @@ impl Leadership {
         self.inner.changes.subscribe()
     }
 
-    /// Records a successful write sent at `sent_at`. Returns true if leadership was just gained.
-    fn lead(&self, sent_at: Instant, lease_duration: Duration, safety_margin: Duration) -> bool {
+    /// The term of the current leadership: the leader Lease's `leaseTransitions`, which grows
+    /// with every change of leader, so a later leader always has a larger epoch. `None` while
+    /// not leading. Holder-Lease writes carry it; a decision stamped with an older epoch was
+    /// made by a leader that has been replaced since.
+    pub fn epoch(&self) -> Option<i32> {
+        let s = self.state();
+        s.epoch.filter(|_| s.leader)
+    }
+
+    /// Records a successful write sent at `sent_at` in term `epoch`. Returns true if
+    /// leadership was just gained.
+    fn lead(
+        &self,
+        sent_at: Instant,
+        lease_duration: Duration,
+        safety_margin: Duration,
+        epoch: Option<i32>,
+    ) -> bool {
         let valid_until = sent_at + lease_duration;
         self.log_validity(sent_at, Some(valid_until));
         let gained = {
@@ -433,6 +458,7 @@ impl Leadership {
                 leader: true,
                 valid_until: Some(valid_until),
                 mutate_until: Some(valid_until.checked_sub(safety_margin).unwrap_or(sent_at)),
+                epoch,
             };
             gained
         };
@@ -741,10 +767,16 @@ impl Elector {
         match outcome {
             Ok(Ok(Attempt::Leading { sent_at })) => {
                 self.last_renew = Some(sent_at);
-                if self
-                    .leadership
-                    .lead(sent_at, self.cfg.lease_duration, self.cfg.safety_margin)
-                {
+                let epoch = self
+                    .written
+                    .as_ref()
+                    .and_then(|l| l.spec.as_ref()?.lease_transitions);
+                if self.leadership.lead(
+                    sent_at,
+                    self.cfg.lease_duration,
+                    self.cfg.safety_margin,
+                    epoch,
+                ) {
                     tracing::info!(lease = %self.cfg.name, namespace = %self.cfg.namespace, identity = %self.cfg.identity, "became leader");
                 }
             }
@@ -930,18 +962,24 @@ mod tests {
         let l = Leadership::new();
         assert!(l.permit().is_none(), "a follower gets no permit");
         let now = Instant::now();
-        l.lead(now, LEASE, margin);
+        l.lead(now, LEASE, margin, Some(3));
         let p = l.permit().expect("a fresh leader gets a permit");
         assert_eq!(p.mutate_until(), now + LEASE - margin);
+        assert_eq!(
+            (p.epoch(), l.epoch()),
+            (Some(3), Some(3)),
+            "the term goes with the permit"
+        );
         // Still leader, but the last renewal was sent so long ago that the window closed.
         if let Some(long_ago) = now.checked_sub(LEASE) {
-            l.lead(long_ago, LEASE, margin);
+            l.lead(long_ago, LEASE, margin, Some(3));
             assert!(l.is_leader());
             assert!(l.permit().is_none(), "no permit inside the safety margin");
         }
-        l.lead(now, LEASE, margin);
+        l.lead(now, LEASE, margin, Some(3));
         l.step_down();
         assert!(l.permit().is_none(), "no permit after stepping down");
+        assert_eq!(l.epoch(), None, "no term after stepping down");
     }
 
     #[test]
@@ -1141,7 +1179,12 @@ mod tests {
         assert!(!l.is_leader() && !l.can_mutate() && l.valid_until().is_none());
 
         let sent = Instant::now();
-        assert!(l.lead(sent, Duration::from_secs(15), Duration::from_secs(5)));
+        assert!(l.lead(
+            sent,
+            Duration::from_secs(15),
+            Duration::from_secs(5),
+            Some(0)
+        ));
         assert!(rx.has_changed().unwrap_or(false) && *rx.borrow_and_update());
         assert_eq!(l.valid_until(), Some(sent + Duration::from_secs(15)));
         assert_eq!(l.mutation_deadline(), Some(sent + Duration::from_secs(10)));
@@ -1155,7 +1198,8 @@ mod tests {
         assert!(!l.lead(
             sent + Duration::from_secs(2),
             Duration::from_secs(15),
-            Duration::from_secs(5)
+            Duration::from_secs(5),
+            Some(0)
         ));
         assert!(!rx.has_changed().unwrap_or(true));
         assert!(l.can_mutate_at(sent + Duration::from_secs(11)));
@@ -1169,7 +1213,7 @@ mod tests {
     #[test]
     fn dropping_the_election_steps_down() {
         let l = Leadership::new();
-        l.lead(Instant::now(), LEASE, Duration::from_secs(5));
+        l.lead(Instant::now(), LEASE, Duration::from_secs(5), None);
         drop(StepDownOnDrop(l.clone()));
         assert!(!l.is_leader());
     }

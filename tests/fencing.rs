@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use feip::crd::FloatingElasticIP;
-use feip::testenv::scenario::{Scenario, active_on, forwarded_associations, wait_leading, wait_ready};
+use feip::testenv::scenario::{
+    Scenario, active_on, forwarded_associations, wait_leading, wait_ready,
+};
 use feip::testenv::tcp_proxy::client_via;
 use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule, TestController, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -367,7 +369,10 @@ async fn a_deposed_leaders_delayed_decision_is_not_carried_out() -> anyhow::Resu
     wait_ready(&b, s.wait).await?;
     a.shutdown().await;
     wait_leading(&b, s.wait).await?;
-    assert!(leader_epoch(&s).await? > old_epoch, "b leads in a later epoch");
+    assert!(
+        leader_epoch(&s).await? > old_epoch,
+        "b leads in a later epoch"
+    );
     s.controllers.push(b);
     s.wait_monitor_passes(2).await?;
     let associations = forwarded_associations(&s.proxy, &s.eip.allocation_id);

@@ -172,11 +172,21 @@ fn decide_with_slots(
     if observed.probe_pending && observe::cleanup_request(f).is_none() {
         return None;
     }
-    let decision = decide::decide(&observed.input);
+    let mut decision = decide::decide(&observed.input);
+    let epoch = ctx.leadership.epoch();
+    let taken_back =
+        plan::superseded(&observed, lease, epoch).filter(|_| !spec.policy.observe_only);
+    if let Some((previous, before)) = &taken_back {
+        tracing::warn!(feip = %k, %previous, ?epoch, "an earlier leader's unconfirmed holder change is contradicted by this leader's view; taking it back");
+        decision = before.clone();
+    }
     tracing::debug!(feip = %k, input = ?observed.input, ?decision, "decided");
     let mut failures = observed.input.failures.clone();
     decision.apply_to_failures(&mut failures, now);
-    let plan = plan::plan(spec, &observed, &decision, lease, now);
+    let mut plan = plan::plan(spec, &observed, &decision, lease, now);
+    if let Some((previous, _)) = taken_back {
+        plan::take_back(&mut plan, previous, epoch, now);
+    }
     if !spec.policy.observe_only {
         claims.set(&k, observed.slot_of(plan.holder.as_deref()));
     }
@@ -407,13 +417,10 @@ async fn read_afresh_if_old(
     pass: &Pass<'_>,
     current: &AddressInfo,
 ) -> Result<(), Ec2Error> {
-    if !pass.read_age.is_some_and(|age| age > pass.max_read_age) {
+    if pass.read_age.is_none_or(|age| age <= pass.max_read_age) {
         return Ok(());
     }
-    let allocation_id = current.allocation_id.clone();
-    let fresh = ctx
-        .ec2
-        .describe_addresses(std::slice::from_ref(&allocation_id), &[])
+    let fresh = read_one(ctx, &current.allocation_id)
         .await
         .map_err(|e| Ec2Error::Unknown {
             operation: "DescribeAddresses",
@@ -424,17 +431,17 @@ async fn read_afresh_if_old(
             ),
             throttled: false,
         })?;
-    let Some(fresh) = fresh.by_allocation.get(&allocation_id) else {
+    let Some(fresh) = fresh else {
         return Ok(());
     };
     fn association(a: &AddressInfo) -> (&Option<String>, &Option<String>, &Option<String>) {
         (&a.association_id, &a.network_interface_id, &a.private_ip)
     }
-    if association(fresh) == association(current) {
+    if association(&fresh) == association(current) {
         return Ok(());
     }
     tracing::info!(feip = %pass.key, ?fresh, "address changed since the last read; deciding again");
-    lock(&ctx.view).addresses.insert(fresh.clone());
+    lock(&ctx.view).addresses.insert(fresh);
     Err(Ec2Error::Unknown {
         operation: "DescribeAddresses",
         reason: "the address changed since the last read; deciding again on a fresh one".into(),
@@ -792,17 +799,18 @@ fn after(ctx: &Context, k: &str, spec: &ResolvedSpec, next: Next, attempts: u32)
 
 /// A fresh DescribeAddresses says the address is on `target` (false when EC2 does not answer).
 pub(super) async fn already_on(ctx: &Context, allocation_id: &str, target: &Target) -> bool {
-    match ctx
+    read_one(ctx, allocation_id)
+        .await
+        .is_ok_and(|a| a.is_some_and(|a| a.is_on(target)))
+}
+
+/// One address read afresh (a one-id DescribeAddresses); `None`: EC2 has no such address.
+async fn read_one(ctx: &Context, allocation_id: &str) -> Result<Option<AddressInfo>, Ec2Error> {
+    let mut snap = ctx
         .ec2
         .describe_addresses(&[allocation_id.to_string()], &[])
-        .await
-    {
-        Ok(snap) => snap
-            .by_allocation
-            .get(allocation_id)
-            .is_some_and(|a| a.is_on(target)),
-        Err(_) => false,
-    }
+        .await?;
+    Ok(snap.by_allocation.remove(allocation_id))
 }
 
 /// Confirms a mutation with DescribeAddresses and backoff (EC2 is eventually consistent).
@@ -815,14 +823,10 @@ pub(super) async fn confirm(
     let mut wait = Duration::from_millis(50);
     let deadline = Instant::now() + timeout;
     loop {
-        let snap = ctx
-            .ec2
-            .describe_addresses(&[allocation_id.to_string()], &[])
-            .await?;
-        if let Some(a) = snap.by_allocation.get(allocation_id)
+        if let Some(a) = read_one(ctx, allocation_id).await?
             && a.is_on(target)
         {
-            return Ok(a.clone());
+            return Ok(a);
         }
         if Instant::now() > deadline {
             return Err(Ec2Error::Unknown {

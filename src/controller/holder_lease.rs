@@ -26,6 +26,22 @@ pub(super) const REASON_ANNOTATION: &str = "feip.io/reason";
 /// Lease annotations of a failover not yet confirmed: previous holder and detection time.
 pub(super) const FAILOVER_FROM_ANNOTATION: &str = "feip.io/failover-from";
 pub(super) const DETECTED_AT_ANNOTATION: &str = "feip.io/detected-at";
+/// Lease annotation: the leadership term ([`Leadership::epoch`]) of the replica that wrote
+/// the Lease. A change not confirmed yet and stamped with an older term was decided by a
+/// leader replaced since (`plan::superseded`).
+pub(super) const EPOCH_ANNOTATION: &str = "feip.io/leader-epoch";
+
+/// The leadership term a holder Lease was written in (`None`: written before terms were
+/// recorded, or not by a leader).
+pub(super) fn written_in(lease: &Lease) -> Option<i32> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(EPOCH_ANNOTATION)?
+        .parse()
+        .ok()
+}
 
 /// The status already records this failover (a pass whose Lease confirmation failed wrote
 /// it; the Lease still carries it), as a failover or as a planned move. Status times have
@@ -160,11 +176,17 @@ pub(super) async fn write(
     existing: Option<&Lease>,
     record: &LeaseRecord<'_>,
 ) -> Result<Lease, Error> {
-    let lease = lease_object(f, existing, record, Timestamp::now())?;
+    let mut lease = lease_object(f, existing, record, Timestamp::now())?;
     let api: Api<Lease> = Api::namespaced(client.clone(), &f.namespace().unwrap_or_default());
     let permit = leadership
         .permit()
         .ok_or(Error::LeadershipLost("before the decision was written"))?;
+    // The term of the window the write is sent in, so that a successor can tell a decision of
+    // this term from its own when this write lands late.
+    if let (Some(epoch), Some(annotations)) = (permit.epoch(), lease.metadata.annotations.as_mut())
+    {
+        annotations.insert(EPOCH_ANNOTATION.into(), epoch.to_string());
+    }
     send(&api, permit, &lease).await
 }
 

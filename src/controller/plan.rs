@@ -19,8 +19,8 @@ use crate::decide::{
 
 use super::context::PendingFailover;
 use super::holder_lease::{
-    FailoverStart, LeaseRecord, REASON_ANNOTATION, already_recorded, lease_duration,
-    pending_from_lease,
+    CONFIRMED_ANNOTATION, FAILOVER_FROM_ANNOTATION, FailoverStart, LeaseRecord, REASON_ANNOTATION,
+    already_recorded, lease_duration, pending_from_lease, written_in,
 };
 use super::observe::Observed;
 use super::slots::SlotRecord;
@@ -253,6 +253,76 @@ pub(super) fn plan(
         _ => None,
     };
     plan
+}
+
+/// A holder change on the Lease that an earlier leader wrote and never confirmed, which this
+/// leader (in term `epoch`) re-decides instead of carrying out (finding M2: a deposed
+/// leader's Lease write held up in a partition lands after the handover, its
+/// resourceVersion still current). The change is taken back when this leader's own view
+/// contradicts it: the previous holder is healthy, the address is still on it, and deciding
+/// from there (previous holder confirmed) changes nothing. Returns that previous holder and
+/// the decision taken from there.
+///
+/// A change this leader cannot contradict (the previous holder dead or of unknown health,
+/// the address moved already, a pin asking for it) is carried out as before: a leader that
+/// died mid-failover is completed by its successor. A Lease without a term (written before
+/// terms were recorded) is not re-decided.
+pub(super) fn superseded(
+    observed: &Observed,
+    lease: Option<&Lease>,
+    epoch: Option<i32>,
+) -> Option<(String, Decision)> {
+    let (epoch, lease) = (epoch?, lease?);
+    let annotations = lease.metadata.annotations.as_ref()?;
+    let confirmed = annotations
+        .get(CONFIRMED_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if confirmed || written_in(lease)? >= epoch {
+        return None;
+    }
+    let from = annotations.get(FAILOVER_FROM_ANNOTATION)?;
+    if observed.input.holder.as_ref() == Some(from) {
+        return None;
+    }
+    let previous = observed.candidates.iter().find(|c| &c.view.node == from)?;
+    let on_previous = previous
+        .view
+        .target
+        .as_ref()
+        .is_some_and(|t| observed.address.as_ref().is_some_and(|a| a.is_on(t)));
+    if previous.view.health != NodeHealth::Healthy || !on_previous {
+        return None;
+    }
+    let mut before = observed.input.clone();
+    before.holder = Some(from.clone());
+    before.holder_confirmed = true;
+    let d = crate::decide::decide(&before);
+    (d.change.is_none() && d.action == Action::None).then(|| (from.clone(), d))
+}
+
+/// Takes a superseded change back (see [`superseded`]): the Lease names `previous` again,
+/// which holds the address already, so there is no EC2 call; the change is no failover and
+/// no planned move, and it is confirmed in the same pass.
+pub(super) fn take_back(plan: &mut Plan, previous: String, epoch: Option<i32>, now: Timestamp) {
+    let written_by = plan.holder.clone().unwrap_or_else(|| "none".into());
+    let note = format!(
+        "holder {written_by} -> {previous} (Superseded): an earlier leader's change {previous} -> {written_by} was never confirmed; leader term {} sees {previous} healthy and holding the address, so it is not carried out",
+        epoch.map_or("unknown".into(), |e| e.to_string())
+    );
+    plan.transitions += 1;
+    plan.holder = Some(previous.clone());
+    plan.confirmed = false;
+    plan.retarget = None;
+    plan.create_lease = false;
+    plan.ec2 = None;
+    plan.change = Some(PlannedChange {
+        // No previous holder on record: the change is not a failover to complete.
+        from: None,
+        to: Some(previous),
+        reason: ChangeReason::Superseded,
+        detected_at: now,
+        event: ("Superseded", note),
+    });
 }
 
 /// The holder's slot moves (see [`Retarget`]): its slot differs from the one its Lease

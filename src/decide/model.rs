@@ -249,6 +249,10 @@ pub enum ChangeReason {
     Adopted,
     /// `targetState: Stopped`.
     Stopped,
+    /// Not decided here: the controller took back a change an earlier leader wrote and never
+    /// confirmed, because this leader sees the previous holder healthy and still holding the
+    /// address (a deposed leader's delayed write, fencing).
+    Superseded,
 }
 
 stable_names! {
@@ -265,6 +269,7 @@ stable_names! {
         Elected => "Elected",
         Adopted => "Adopted",
         Stopped => "Stopped",
+        Superseded => "Superseded",
     }
 }
 

@@ -555,7 +555,10 @@ mod world_props {
                     && c.is_some_and(|c| c.health == NodeHealth::Healthy)
             }
             ChangeReason::Pinned => active_pin(i).is_some(),
-            ChangeReason::Elected | ChangeReason::Adopted | ChangeReason::Stopped => false,
+            ChangeReason::Elected
+            | ChangeReason::Adopted
+            | ChangeReason::Stopped
+            | ChangeReason::Superseded => false,
         };
         if ok {
             Ok(())

@@ -11,10 +11,10 @@ use kube::runtime::events::EventType;
 
 use crate::aws::Ec2Error;
 use crate::crd::{FailoverRecord, FloatingElasticIPStatus};
-use crate::decide::{Action, ChangeReason, Decision, FailureKind, HolderChange};
+use crate::decide::{Action, ChangeReason, Decision, FailureKind, HolderChange, NodeHealth};
 
 use super::super::context::PendingFailover;
-use super::super::observe::CandidateFacts;
+use super::super::observe::{CandidateFacts, Observed};
 use super::super::plan::{
     Ec2Call, Next, Outcome, Plan, PlannedChange, Settlement, completed_failover, confirm_record,
     failure_events, next, plan, settle,
@@ -1034,4 +1034,130 @@ fn confirm_record_keeps_a_failover_until_status_records_it() {
         failed.push("a failover to another node is not this holder's".into());
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// `plan::superseded`: which unconfirmed Lease changes of an earlier leader this leader (term
+/// 3) takes back. The Lease says a -> b, unconfirmed, written in `written_in`.
+#[test]
+fn superseded_table() {
+    use super::super::plan::{superseded, take_back};
+    let lease = |written_in: Option<i32>, confirmed: bool| {
+        let mut a = serde_json::json!({
+            "feip.io/confirmed": confirmed.to_string(),
+            "feip.io/failover-from": "a",
+            "feip.io/reason": "HolderDead",
+            "feip.io/detected-at": "2026-01-01T00:00:00Z",
+        });
+        if let Some(e) = written_in {
+            a["feip.io/leader-epoch"] = serde_json::json!(e.to_string());
+        }
+        holder_lease(Some("b"), a, Some(1))
+    };
+    let both_healthy = || vec![healthy("a"), healthy("b")];
+    let on = |node| observed(both_healthy(), Some("b"), Some(address_on(Some(node))));
+    let a_health = |h: NodeHealth| {
+        let mut c = both_healthy();
+        c[0].view.health = h;
+        observed(c, Some("b"), Some(address_on(Some("a"))))
+    };
+    let taken = |o: &Observed, l: &Lease, epoch: Option<i32>| {
+        superseded(o, Some(l), epoch).map(|(previous, d)| (previous, d.change, d.action))
+    };
+    let back = Some(("a".to_string(), None, Action::None));
+    assert_rows(vec![
+        (
+            "older term, a healthy and holding the address",
+            taken(&on("a"), &lease(Some(2), false), Some(3)),
+            back.clone(),
+        ),
+        (
+            "written in this term",
+            taken(&on("a"), &lease(Some(3), false), Some(3)),
+            None,
+        ),
+        (
+            "no term recorded",
+            taken(&on("a"), &lease(None, false), Some(3)),
+            None,
+        ),
+        (
+            "this replica has no term (not leading)",
+            taken(&on("a"), &lease(Some(2), false), None),
+            None,
+        ),
+        (
+            "confirmed already",
+            taken(&on("a"), &lease(Some(2), true), Some(3)),
+            None,
+        ),
+        (
+            "the address is on b already",
+            taken(&on("b"), &lease(Some(2), false), Some(3)),
+            None,
+        ),
+        (
+            "a dead",
+            taken(&a_health(dead("gone")), &lease(Some(2), false), Some(3)),
+            None,
+        ),
+        (
+            "a of unknown health",
+            taken(
+                &a_health(unknown("no probe yet")),
+                &lease(Some(2), false),
+                Some(3),
+            ),
+            None,
+        ),
+    ]);
+
+    // A pin to b: deciding from a moves to b as well, so the change is carried out.
+    let mut pinned = on("a");
+    pinned.input.policy.pin = Some(("b".into(), None));
+    assert_eq!(
+        taken(&pinned, &lease(Some(2), false), Some(3)),
+        None,
+        "a pin to b"
+    );
+
+    // Taking back: the Lease names a again, no EC2 call, no failover to complete.
+    let o = on("a");
+    let d = deciding(Some("b"), None, associate("b"));
+    let mut p = plan(
+        &resolve(&feip(spec(serde_json::json!({})))),
+        &o,
+        &d,
+        None,
+        now(),
+    );
+    take_back(&mut p, "a".into(), Some(3), now());
+    assert_eq!(
+        (p.holder.as_deref(), p.confirmed, p.ec2.clone()),
+        (Some("a"), false, None)
+    );
+    let change = p.change.clone().expect("a change to write");
+    assert_eq!(
+        (change.from.as_deref(), change.to.as_deref(), change.reason),
+        (None, Some("a"), ChangeReason::Superseded)
+    );
+    assert!(
+        change
+            .pending()
+            .is_some_and(|pending| pending.from.is_none()),
+        "nothing to record as a failover"
+    );
+    assert_eq!(change.event.0, "Superseded");
+    let settled = settle(
+        &feip(spec(serde_json::json!({}))),
+        &resolve(&feip(spec(serde_json::json!({})))),
+        &o,
+        &p,
+        o.address.as_ref(),
+        None,
+        now(),
+    );
+    assert!(
+        settled.holder_on_target && settled.confirm_lease,
+        "confirmed in the same pass: {settled:?}"
+    );
 }
