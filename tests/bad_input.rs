@@ -75,6 +75,31 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
             serde_json::json!({"publicIp": "203.000.113.0010", "candidates": cands}),
             "spec.publicIp: Too long",
         ),
+        (
+            "private public IP",
+            serde_json::json!({"publicIp": "10.1.2.3", "candidates": cands}),
+            "spec.publicIp 10.1.2.3 is not a public address",
+        ),
+        (
+            "private public IP (172.16/12)",
+            serde_json::json!({"publicIp": "172.31.0.9", "candidates": cands}),
+            "spec.publicIp 172.31.0.9 is not a public address",
+        ),
+        (
+            "shared address space public IP",
+            serde_json::json!({"publicIp": "100.64.0.1", "candidates": cands}),
+            "spec.publicIp 100.64.0.1 is not a public address",
+        ),
+        (
+            "unspecified public IP",
+            serde_json::json!({"publicIp": "0.0.0.0", "candidates": cands}),
+            "spec.publicIp 0.0.0.0 is not a public address",
+        ),
+        (
+            "loopback public IP",
+            serde_json::json!({"publicIp": "127.0.0.1", "candidates": cands}),
+            "spec.publicIp 127.0.0.1 is not a public address",
+        ),
         // Candidates.
         (
             "no candidate source",
@@ -150,6 +175,16 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
             "spec.failureTimeout in body should match",
         ),
         (
+            "duration beyond what a duration can hold",
+            with(serde_json::json!({"failureTimeout": "99999999999999h"})),
+            "spec.failureTimeout: Invalid value: \"string\": type conversion error from 'string' to 'google.protobuf.Duration' evaluating rule: spec.failureTimeout must be between 0s and 8760h",
+        ),
+        (
+            "duration beyond what a duration can hold (monitor)",
+            with(serde_json::json!({"monitor": {"interval": "9999999999999999s"}})),
+            "spec.monitor.interval: Invalid value: \"string\": type conversion error from 'string' to 'google.protobuf.Duration' evaluating rule: monitor.interval must be between 1s and 1h",
+        ),
+        (
             "failure timeout above a year",
             with(serde_json::json!({"failureTimeout": "9000h"})),
             "spec.failureTimeout must be between 0s and 8760h",
@@ -172,7 +207,12 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
         (
             "monitor timeout above interval",
             with(serde_json::json!({"monitor": {"interval": "2s", "timeout": "5s"}})),
-            "monitor.timeout must not exceed monitor.interval",
+            "monitor.timeout (5s) must not exceed monitor.interval (2s)",
+        ),
+        (
+            "lone monitor timeout above the default interval",
+            with(serde_json::json!({"monitor": {"timeout": "30s"}})),
+            "monitor.timeout (30s) must not exceed monitor.interval (10s, the default)",
         ),
         (
             "heartbeat timeout too short",
@@ -213,7 +253,12 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
         (
             "probe timeout above period",
             with(serde_json::json!({"health": {"probe": {"period": "1s", "timeout": "2s"}}})),
-            "probe.timeout must not exceed probe.period",
+            "probe.timeout (2s) must not exceed probe.period (1s)",
+        ),
+        (
+            "lone probe timeout above the default period",
+            with(serde_json::json!({"health": {"probe": {"timeout": "3s"}}})),
+            "probe.timeout (3s) must not exceed probe.period (1s, the default)",
         ),
         (
             "zero probe failure threshold",
@@ -269,7 +314,7 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
         (
             "pinned and banned",
             with(serde_json::json!({"pin": {"node": "node-a"}, "bans": [{"node": "node-a"}]})),
-            "a node cannot be pinned and banned at the same time",
+            "spec.pin.node node-a is also in spec.bans: a node cannot be pinned and banned at the same time",
         ),
         (
             "pinned node not a DNS name",
@@ -300,6 +345,31 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
             "node selector Exists with values",
             serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "role", "operator": "Exists", "values": ["x"]}]}}),
             "Exists and DoesNotExist take none",
+        ),
+        (
+            "node selector label key not a label key",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchLabels": {"role": "edge", "bad key!": "x"}}}),
+            "spec.nodeSelector.matchLabels: bad key! is not a valid label key",
+        ),
+        (
+            "node selector label key name too long",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchLabels": {"x".repeat(64): "x"}}}),
+            "is not a valid label key",
+        ),
+        (
+            "node selector label value not a label value",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchLabels": {"role": "edge node"}}}),
+            "spec.nodeSelector.matchLabels.role in body should match",
+        ),
+        (
+            "node selector expression key not a label key",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "-role", "operator": "Exists"}]}}),
+            "spec.nodeSelector.matchExpressions[0].key in body should match",
+        ),
+        (
+            "node selector expression value not a label value",
+            serde_json::json!({"allocationId": alloc, "nodeSelector": {"matchExpressions": [{"key": "role", "operator": "In", "values": ["edge", "a/b"]}]}}),
+            "spec.nodeSelector.matchExpressions[0].values[1] in body should match",
         ),
         (
             "pin expiry not a time",
@@ -362,6 +432,19 @@ async fn admission_rejects_each_invalid_manifest_with_a_specific_message() -> an
                 {"key": "feip", "operator": "Exists"},
                 {"key": "drain", "operator": "DoesNotExist"},
             ]}}),
+        ),
+        (
+            "prefixed label keys, an empty label value, a public address",
+            serde_json::json!({"publicIp": "203.0.113.10", "nodeSelector": {
+                "matchLabels": {"topology.kubernetes.io/zone": "eu-west-1a", "node-role.kubernetes.io/edge": ""},
+                "matchExpressions": [{"key": "feip.io/pool", "operator": "In", "values": ["a", "b_2.x"]}],
+            }}),
+        ),
+        (
+            "a lone monitor timeout within the default interval, a lone probe timeout within the default period",
+            with(
+                serde_json::json!({"monitor": {"timeout": "10s"}, "health": {"probe": {"timeout": "500ms"}}}),
+            ),
         ),
         (
             "dotted node names in pin, ban and cleanup",
@@ -753,5 +836,109 @@ async fn runtime_invalid_specs_get_specific_reasons_while_other_addresses_keep_w
         println!("{line}");
     }
     drop(other_vpc);
+    Ok(())
+}
+
+/// An explicit `null` on an optional enum field (templates and some tools write every field)
+/// means "unset" for `kubectl create` / `kubectl apply` (the apiserver prunes it, the default
+/// applies). Server-side apply keeps nulls, so there it is refused, naming the field and its
+/// values. Before, both refused it with a message listing `null` among the supported values.
+#[tokio::test]
+async fn explicit_null_on_enum_fields_means_the_default() -> anyhow::Result<()> {
+    feip::install_crypto_provider();
+    let cp = ControlPlane::shared()?;
+    let ns = cp.namespace("bad-null").await?;
+    let ar = kube::api::ApiResource::erase::<FloatingElasticIP>(&());
+    let client = cp.client().await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let fields = [
+        "management",
+        "targetState",
+        "releasePolicy",
+        "onAssociateFailure",
+    ];
+    let mut spec = serde_json::json!({
+        "allocationId": "eipalloc-0123456789abcdef0",
+        "candidates": [{"node": "node-a"}],
+    });
+    for f in fields {
+        spec[f] = serde_json::Value::Null;
+    }
+    let mut wrong = Vec::new();
+    if let Err(e) = api
+        .create(&PostParams::default(), &raw("created", spec.clone())?)
+        .await
+    {
+        wrong.push(format!("create: {e}"));
+    }
+    let applied = serde_json::json!({
+        "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
+        "metadata": {"name": "applied"}, "spec": spec,
+    });
+    // Server-side apply does not prune nulls before validation, so there the value is an
+    // error; the message names each field and the values it takes, and no longer lists `null`
+    // among them.
+    match api
+        .patch(
+            "applied",
+            &kube::api::PatchParams::apply("feip-test").force(),
+            &kube::api::Patch::Apply(&applied),
+        )
+        .await
+    {
+        Ok(_) => wrong.push("server-side apply: accepted a null".into()),
+        Err(kube::Error::Api(s)) => {
+            for (field, values) in [
+                ("management", "\"Managed\", \"ObserveOnly\""),
+                ("targetState", "\"Started\", \"Stopped\""),
+                ("releasePolicy", "\"Disassociate\", \"Retain\""),
+                ("onAssociateFailure", "\"TryNext\", \"Stop\""),
+            ] {
+                let named = format!("spec.{field} in body must be of type string");
+                let supported = format!("supported values: {values}");
+                if !s.message.contains(&named) || !s.message.contains(&supported) {
+                    wrong.push(format!(
+                        "server-side apply: {field} not named with {values}: {}",
+                        s.message
+                    ));
+                }
+            }
+            if s.message.contains(", null") {
+                wrong.push(format!(
+                    "server-side apply: null listed as supported: {}",
+                    s.message
+                ));
+            }
+        }
+        Err(e) => wrong.push(format!("server-side apply: {e}")),
+    }
+    // kubectl itself, as a user would run it.
+    let manifest = serde_json::json!({
+        "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIP",
+        "metadata": {"name": "kubectl", "namespace": ns}, "spec": spec,
+    });
+    let file = cp.dir().join(format!("{ns}-null-enums.json"));
+    std::fs::write(&file, manifest.to_string())?;
+    let path = file.to_string_lossy().into_owned();
+    if let Err(e) = cp.kubectl(&["create", "-f", &path]).await {
+        wrong.push(format!("kubectl create: {e}"));
+    }
+    let typed: Api<FloatingElasticIP> = Api::namespaced(client, &ns);
+    for name in ["created", "kubectl"] {
+        let Ok(stored) = typed.get(name).await else {
+            continue;
+        };
+        let s = &stored.spec;
+        let set = [
+            s.management.is_some(),
+            s.target_state.is_some(),
+            s.release_policy.is_some(),
+            s.on_associate_failure.is_some(),
+        ];
+        if set.iter().any(|x| *x) {
+            wrong.push(format!("{name}: stored with a value: {s:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     Ok(())
 }
