@@ -43,7 +43,7 @@ pub const STANDBY_LABEL: &str = "feip.io/standby";
     validation = Rule::new("(has(self.candidates) && size(self.candidates) > 0) != has(self.nodeSelector)").message("exactly one candidate source must be set: a non-empty spec.candidates list or spec.nodeSelector"),
     validation = Rule::new("has(self.allocationId) == has(oldSelf.allocationId) && has(self.publicIp) == has(oldSelf.publicIp) && (!has(self.allocationId) || self.allocationId == oldSelf.allocationId) && (!has(self.publicIp) || self.publicIp == oldSelf.publicIp)").message("the Elastic IP of a FloatingElasticIP is immutable: create a new object to manage another address"),
     validation = Rule::new("!has(self.pin) || !has(self.candidates) || self.candidates.exists(c, c.node == self.pin.node)").message("spec.pin.node must be one of spec.candidates"),
-    validation = Rule::new("!has(self.pin) || !has(self.bans) || !self.bans.exists(b, b.node == self.pin.node)").message("a node cannot be pinned and banned at the same time"),
+    validation = Rule::new("!has(self.pin) || !has(self.bans) || !self.bans.exists(b, b.node == self.pin.node)").message(kube::core::Message::Expression("'spec.pin.node ' + self.pin.node + ' is also in spec.bans: a node cannot be pinned and banned at the same time'".into())),
     validation = Rule::new("!has(self.nodeSelector) || !has(self.nodeSelector.matchExpressions) || self.nodeSelector.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0)))").message("spec.nodeSelector.matchExpressions: operator must be In, NotIn, Exists or DoesNotExist; In and NotIn need values, Exists and DoesNotExist take none"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -55,7 +55,10 @@ pub struct FloatingElasticIPSpec {
 
     /// Public IPv4 address of the Elastic IP. Exactly one of allocationId / publicIp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4").message("spec.publicIp must be an IPv4 address"))]
+    #[x_kube(
+        validation = Rule::new("isIP(self) && ip(self).family() == 4").message("spec.publicIp must be an IPv4 address"),
+        validation = Rule::new("!isIP(self) || ip(self).family() != 4 || (ip(self).isGlobalUnicast() && !['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10'].exists(c, cidr(c).containsIP(self)))").message(kube::core::Message::Expression("'spec.publicIp ' + self + ' is not a public address: an Elastic IP is a public IPv4 address (not private, shared, loopback, link-local, multicast, broadcast or unspecified)'".into())),
+    )]
     #[schemars(length(max = 15))]
     pub public_ip: Option<String>,
 
@@ -69,6 +72,7 @@ pub struct FloatingElasticIPSpec {
     /// Alternative to `candidates`: every node matching this selector is a candidate, ordered
     /// by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "node_selector_schema")]
     pub node_selector: Option<LabelSelector>,
 
     /// Which network interface of the holder's instance receives the address.
@@ -95,6 +99,7 @@ pub struct FloatingElasticIPSpec {
 
     /// What to do when AssociateAddress definitely fails on a node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "associate_failure_schema")]
     pub on_associate_failure: Option<AssociateFailurePolicy>,
 
     /// EC2 monitoring ("is the address still where it should be?").
@@ -113,15 +118,18 @@ pub struct FloatingElasticIPSpec {
     /// `Started` (default) keeps the address on a node; `Stopped` disassociates it and holds
     /// no node (pcs resource disable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "target_state_schema")]
     pub target_state: Option<TargetState>,
 
     /// `Managed` (default) or `ObserveOnly`: monitor and report, never mutate EC2
     /// (pcs resource unmanage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "management_schema")]
     pub management: Option<Management>,
 
     /// What deleting this object does to the association.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "release_policy_schema")]
     pub release_policy: Option<ReleasePolicy>,
 
     /// Prefer this node over every other healthy candidate (pcs resource move).
@@ -208,7 +216,7 @@ pub enum AssociateFailurePolicy {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.timeout) || duration(self.timeout) <= duration(self.interval)").message("monitor.timeout must not exceed monitor.interval"))]
+#[x_kube(validation = Rule::new("!has(self.timeout) || duration(self.timeout) <= duration(has(self.interval) ? self.interval : '10s')").message(kube::core::Message::Expression("'monitor.timeout (' + self.timeout + ') must not exceed monitor.interval (' + (has(self.interval) ? self.interval : '10s, the default') + ')'".into())))]
 pub struct Monitor {
     /// How often the address is checked (one batched DescribeAddresses for all addresses).
     /// Default 10s.
@@ -244,7 +252,7 @@ pub struct Health {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!has(self.path) || self.type == 'HTTP'").message("probe.path is only valid with type HTTP"),
-    validation = Rule::new("!has(self.period) || !has(self.timeout) || duration(self.timeout) <= duration(self.period)").message("probe.timeout must not exceed probe.period"),
+    validation = Rule::new("!has(self.timeout) || duration(self.timeout) <= duration(has(self.period) ? self.period : '1s')").message(kube::core::Message::Expression("'probe.timeout (' + self.timeout + ') must not exceed probe.period (' + (has(self.period) ? self.period : '1s, the default') + ')'".into())),
     validation = Rule::new("self.type != 'None' || (!has(self.port) && !has(self.path))").message("a probe of type None takes no port or path"),
 )]
 pub struct Probe {
@@ -644,6 +652,75 @@ pub struct NodeRecord {
     /// Set when the ban expires by itself (failureTimeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub banned_until: Option<Time>,
+}
+
+/// Schema of an optional enum field: the enum's own schema, without the `null` that schemars
+/// adds for an `Option`. The field is then not nullable, so the apiserver prunes an explicit
+/// `null` (from a template or a tool that writes every field) and the default applies, as for
+/// an absent field; with `null` in the enum it rejected the manifest with a message listing
+/// `null` among the supported values.
+fn optional_enum<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
+// One function per field type: schemars names a `schema_with` schema after its function.
+fn associate_failure_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    optional_enum::<AssociateFailurePolicy>(g)
+}
+fn target_state_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    optional_enum::<TargetState>(g)
+}
+fn management_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    optional_enum::<Management>(g)
+}
+fn release_policy_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    optional_enum::<ReleasePolicy>(g)
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters (alphanumerics, `-`, `_`, `.`, alphanumeric at both ends).
+const LABEL_KEY: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or at most 63 characters like a key's name.
+const LABEL_VALUE: &str = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
+/// Schema of `spec.nodeSelector`: a label selector whose keys and values are checked at
+/// admission like a Deployment's (an invalid selector was accepted and then matched no node,
+/// reported only as "no candidates"), with bounds that keep its rules cheap.
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let key_rule = format!("self.all(k, k.matches(r'{LABEL_KEY}') && size(k) <= 317)");
+    let key_message = format!(
+        "'spec.nodeSelector.matchLabels: ' + self.filter(k, !(k.matches(r'{LABEL_KEY}') && size(k) <= 317))[0] + ' is not a valid label key (an optional DNS subdomain prefix and /, then at most 63 characters: alphanumerics, -, _ or ., beginning and ending with an alphanumeric)'"
+    );
+    schemars::json_schema!({
+        "type": "object",
+        "properties": {
+            "matchLabels": {
+                "description": "Node labels that must all match.",
+                "type": "object",
+                "maxProperties": 32,
+                "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+                "x-kubernetes-validations": [{"rule": key_rule, "messageExpression": key_message}],
+            },
+            "matchExpressions": {
+                "description": "Label requirements that must all match.",
+                "type": "array",
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "maxLength": 317, "pattern": LABEL_KEY},
+                        "operator": {"type": "string", "maxLength": 16},
+                        "values": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+                        },
+                    },
+                },
+            },
+        },
+    })
 }
 
 /// Schema of every duration field: a Go duration string the apiserver's CEL `duration()` can

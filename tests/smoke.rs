@@ -136,7 +136,7 @@ async fn invalid_specs_are_rejected_at_admission_with_clear_messages() -> anyhow
         (
             "monitor timeout above interval",
             serde_json::json!({"allocationId": alloc, "candidates": cands, "monitor": {"interval": "2s", "timeout": "5s"}}),
-            "monitor.timeout must not exceed monitor.interval",
+            "monitor.timeout (5s) must not exceed monitor.interval (2s)",
         ),
         (
             "bad allocation id",

@@ -340,12 +340,19 @@ impl Moto {
         Ok(())
     }
 
-    /// Allocates a VPC Elastic IP.
+    /// Allocates a VPC Elastic IP with a public address, as AWS gives. moto would pick a
+    /// random `127.x.y.z`, a loopback address no Elastic IP has (and that `spec.publicIp`
+    /// refuses at admission), so the address is chosen here: `52.16.0.1` on, unique within this
+    /// moto (one per test process).
     pub async fn allocate_address(&self) -> anyhow::Result<ElasticIp> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let public_ip = format!("52.{}.{}.{}", 16 + (n >> 16), (n >> 8) & 255, n & 255);
         let client = ec2_client(&self.url).await;
         let out = client
             .allocate_address()
             .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .address(public_ip)
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("AllocateAddress: {e:?}"))?;
