@@ -2,8 +2,7 @@
 //! Kubernetes writes never rest on a cache older than its own last write, and a write made
 //! from an old reading does not overwrite a newer one (counts, bans, an operator's newer
 //! `feip move`). Real kube-apiserver + etcd, moto behind the fault proxy, the controller
-//! in-process. Every wait has a deadline; nothing sleeps to synchronise (the one sleep paces
-//! the operator's second command, as a person typing it).
+//! in-process. Every wait has a deadline; nothing sleeps.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -167,6 +166,38 @@ async fn feip_move(s: &Scenario, name: &str, node: &str) -> anyhow::Result<()> {
     s.patch_spec(name, feip::cli::move_patch(node)).await
 }
 
+/// Waits until the (slowed) AssociateAddress to `eni` has reached the EC2 proxy, which means
+/// the decision is on the Lease (it is written first); returns the request's sequence number.
+async fn wait_slow_associate(s: &Scenario, eni: &str) -> anyhow::Result<u64> {
+    wait_for(&format!("an AssociateAddress to {eni}"), s.wait, || async {
+        Ok(s.proxy
+            .requests()
+            .iter()
+            .find(|r| {
+                r.action == "AssociateAddress"
+                    && r.params.get("NetworkInterfaceId").map(String::as_str) == Some(eni)
+            })
+            .map(|r| r.seq))
+    })
+    .await
+}
+
+/// The request `seq` was still unanswered at `at`: what the test did then happened while the
+/// associate was in flight (otherwise the test would not exercise the race it is about).
+fn assert_pending_at(s: &Scenario, seq: u64, at: Instant, what: &str) -> anyhow::Result<()> {
+    let answered = s
+        .proxy
+        .requests()
+        .iter()
+        .find(|r| r.seq == seq)
+        .and_then(|r| r.answered_at);
+    anyhow::ensure!(
+        answered.is_none_or(|a| a > at),
+        "{what} came after the slow AssociateAddress was answered: the race was not exercised"
+    );
+    Ok(())
+}
+
 /// Many `feip move`s in a row, each started as soon as the previous one is done (pin cleared,
 /// status active on the new node): every holder change on the Lease is counted once in the
 /// status. The pass after a completed move can read the object from a watch cache that does
@@ -245,19 +276,11 @@ async fn a_newer_move_survives_the_completion_of_the_previous_one() -> anyhow::R
         Fault::Latency(Duration::from_millis(450)),
     ));
     feip_move(&s, "web", s.node(1)).await?;
-    // The decision is on the Lease before the (slow) AssociateAddress is sent.
-    wait_for("the move to n1 decided", s.wait, || async {
-        let holder = s
-            .lease("web")
-            .await?
-            .and_then(|l| l.spec)
-            .and_then(|l| l.holder_identity);
-        Ok((holder.as_deref() == Some(s.node(1))).then_some(()))
-    })
-    .await?;
-    // The operator's second command, 300 ms later (pacing, not synchronisation).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let slow = wait_slow_associate(&s, s.eni(1)).await?;
+    // The operator's second command, while n1's AssociateAddress is still in flight.
+    let moved_at = Instant::now();
     feip_move(&s, "web", s.node(2)).await?;
+    assert_pending_at(&s, slow, moved_at, "the move to n2")?;
     s.wait_association(Some(s.eni(2)))
         .await
         .map_err(|e| anyhow::anyhow!("the newer move to n2 was lost (address not on n2): {e}"))?;
@@ -298,16 +321,9 @@ async fn a_pass_in_flight_does_not_overwrite_a_newer_status() -> anyhow::Result<
         Fault::Latency(Duration::from_millis(450)),
     ));
     feip_move(&s, "web", s.node(1)).await?;
-    wait_for("the move to n1 decided", s.wait, || async {
-        let holder = s
-            .lease("web")
-            .await?
-            .and_then(|l| l.spec)
-            .and_then(|l| l.holder_identity);
-        Ok((holder.as_deref() == Some(s.node(1))).then_some(()))
-    })
-    .await?;
+    let slow = wait_slow_associate(&s, s.eni(1)).await?;
     // While the associate is in flight, a newer status: 7 failovers recorded elsewhere.
+    let written_at = Instant::now();
     let patch = serde_json::json!({"status": {"failoverCount": 7}});
     s.api
         .patch_status(
@@ -316,6 +332,7 @@ async fn a_pass_in_flight_does_not_overwrite_a_newer_status() -> anyhow::Result<
             &kube::api::Patch::Merge(&patch),
         )
         .await?;
+    assert_pending_at(&s, slow, written_at, "the newer status")?;
     s.wait_association(Some(s.eni(1))).await?;
     wait_for("the move done (pin cleared)", s.wait, || async {
         let f = s.api.get("web").await?;

@@ -119,6 +119,21 @@ async fn nothing_moves_for(s: &Scenario, span: Duration, what: &str) -> anyhow::
     Ok(())
 }
 
+/// Waits for the status to record the failover to node 1, and checks it was a `HolderDead`.
+async fn holder_dead_failover_to_node1(s: &Scenario) -> anyhow::Result<()> {
+    let st = s
+        .wait_status("web", "failover recorded", |st| {
+            active_on(st, s.node(1)) && st.last_failover.is_some()
+        })
+        .await?;
+    assert_eq!(
+        st.last_failover.as_ref().map(|l| l.reason.as_str()),
+        Some("HolderDead"),
+        "{st:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kubelet_silent_at_once_is_no_failover() -> anyhow::Result<()> {
     let s = setup("hb-all-silent", None).await?;
@@ -142,16 +157,7 @@ async fn every_kubelet_silent_at_once_is_no_failover() -> anyhow::Result<()> {
         Duration::from_secs(TIMEOUT_SECS + 10),
     )
     .await?;
-    let st = s
-        .wait_status("web", "failover recorded", |st| {
-            active_on(st, s.node(1)) && st.last_failover.is_some()
-        })
-        .await?;
-    assert_eq!(
-        st.last_failover.as_ref().map(|l| l.reason.as_str()),
-        Some("HolderDead"),
-        "{st:?}"
-    );
+    holder_dead_failover_to_node1(&s).await?;
     println!(
         "every kubelet silent for {}s (timeout {TIMEOUT_SECS}s): 0 failovers; then node 1 \
          renewed again and the address moved {:.1}s later",
@@ -205,16 +211,7 @@ async fn one_kubelet_silent_while_the_others_renew_fails_over() -> anyhow::Resul
     s.nodes[0].pause_heartbeat();
     s.wait_association(Some(s.eni(1))).await?;
     let took = started.elapsed();
-    let st = s
-        .wait_status("web", "failover recorded", |st| {
-            active_on(st, s.node(1)) && st.last_failover.is_some()
-        })
-        .await?;
-    assert_eq!(
-        st.last_failover.as_ref().map(|l| l.reason.as_str()),
-        Some("HolderDead"),
-        "{st:?}"
-    );
+    holder_dead_failover_to_node1(&s).await?;
     assert_eq!(
         lease_holder(&s).await?,
         (Some(s.node(1).to_string()), transitions + 1)

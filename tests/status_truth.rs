@@ -8,20 +8,14 @@
 use feip::crd::Phase;
 use feip::testenv::scenario::{Scenario, active_on, condition};
 use feip::testenv::{AZ_A, AZ_C, Fault, FaultRule};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
 
 /// The notes of this object's events whose note starts with `prefix`, each as often as it
 /// occurred (a series is one object with a count; its note is that of its first occurrence).
 /// By note, not reason, so planned moves and failovers count alike whatever their reasons.
 async fn notes(s: &Scenario, name: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
-    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
-    Ok(events
-        .list(&ListParams::default())
+    Ok(s.events(name)
         .await?
-        .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| {
             let times = e.series.as_ref().map_or(1, |s| s.count);
             let note = e.note.filter(|n| n.starts_with(prefix))?;

@@ -421,10 +421,15 @@ mod tests {
         };
         probes.state(&spec(1));
         probes.state(&spec(2));
-        // Both idle "for longer than" a zero age; only the referenced one is marked again.
-        std::thread::sleep(Duration::from_millis(5));
+        // Both last wanted 2 s ago; only the referenced one is marked again.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .expect("the monotonic clock is past 2 s");
+        for e in lock(&probes.entries).values_mut() {
+            e.last_wanted = long_ago;
+        }
         probes.keep(&HashSet::from([spec(1)]));
-        probes.collect_garbage(Duration::from_millis(5));
+        probes.collect_garbage(Duration::from_secs(1));
         assert_eq!(probes.len(), 1);
         assert!(lock(&probes.entries).contains_key(&spec(1)));
     }

@@ -225,8 +225,11 @@ impl Scenario {
         self.wait_monitor_passes_on(&self.proxy, n).await
     }
 
-    /// Event reasons recorded for an object of this namespace.
-    pub async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
+    /// The events recorded for an object of this namespace.
+    pub async fn events(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns);
         Ok(events
@@ -235,6 +238,15 @@ impl Scenario {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect())
+    }
+
+    /// Event reasons recorded for an object of this namespace.
+    pub async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .events(name)
+            .await?
+            .into_iter()
             .filter_map(|e| e.reason)
             .collect())
     }
