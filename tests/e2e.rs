@@ -905,6 +905,50 @@ async fn chart_lints_and_renders_its_options() -> anyhow::Result<()> {
     // Without the hook, nothing of it is rendered.
     let no_hook = render(&helm, "feip-system", &["uninstall.releaseFinalizers=false"]).await?;
     assert!(!kinds(&no_hook).contains("Job"));
+
+    // The lease guard: on by default, two policies and their bindings; its "everyone else"
+    // policy covers the release's namespaces only.
+    let guard = |docs: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(guard(&defaults).len(), 2, "{:?}", kinds(&defaults));
+    assert!(kinds(&defaults).contains("ValidatingAdmissionPolicyBinding"));
+    let no_guard = render(&helm, "feip-system", &["leaseGuard.enabled=false"]).await?;
+    assert!(guard(&no_guard).is_empty());
+    let scoped = render(
+        &helm,
+        "feip-system",
+        &[
+            "watchNamespaces={team-a,team-b}",
+            "leaseGuard.exemptUsers={ops}",
+        ],
+    )
+    .await?;
+    let tenant_policy = guard(&scoped)
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "feip-leases")
+        .ok_or_else(|| anyhow::anyhow!("no feip-leases policy"))?;
+    let text: Vec<&str> = ["matchConditions", "variables"]
+        .iter()
+        .flat_map(|k| tenant_policy["spec"][k].as_array().into_iter().flatten())
+        .filter_map(|e| e["expression"].as_str())
+        .collect();
+    let text = text.join("\n");
+    assert!(
+        text.contains(r#"request.namespace in ["team-a", "team-b"]"#) && text.contains(r#""ops""#),
+        "{text}"
+    );
+    // kube-node-lease is never a watched namespace (kubelet heartbeats are not feip's).
+    let out = helm
+        .output(&["lint", CHART, "--set", "watchNamespaces={kube-node-lease}"])
+        .await?;
+    assert!(
+        !out.ok,
+        "helm lint accepted watchNamespaces={{kube-node-lease}}"
+    );
     Ok(())
 }
 
@@ -1061,6 +1105,13 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
             vec!["update", "leases.coordination.k8s.io", "-n", &app_ns],
             vec!["delete", "leases.coordination.k8s.io", "-n", &app_ns],
             vec!["list", "leases.coordination.k8s.io", "-A"],
+            vec!["get", "leases.coordination.k8s.io", "-A"],
+            vec![
+                "list",
+                "leases.coordination.k8s.io",
+                "-n",
+                "kube-node-lease",
+            ],
             vec![
                 "watch",
                 "leases.coordination.k8s.io",
@@ -1100,6 +1151,14 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
             vec!["delete", "floatingelasticips.feip.io", "-n", &app_ns],
             vec!["patch", "floatingelasticips.feip.io", "-n", &other_ns],
             vec!["create", "leases.coordination.k8s.io", "-n", &other_ns],
+            // No Lease write outside the watched namespaces: kubelet heartbeats and the
+            // kube-system leader Leases stay out of reach by RBAC alone.
+            vec![
+                "create",
+                "leases.coordination.k8s.io",
+                "-n",
+                "kube-node-lease",
+            ],
             vec![
                 "update",
                 "leases.coordination.k8s.io",
@@ -1112,6 +1171,9 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
                 "-n",
                 "kube-node-lease",
             ],
+            vec!["create", "leases.coordination.k8s.io", "-n", "kube-system"],
+            vec!["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+            vec!["delete", "leases.coordination.k8s.io", "-n", "kube-system"],
             vec!["update", some_lease, "-n", &release_ns],
             vec!["delete", &leader_lease, "-n", &release_ns],
             vec!["create", "events.events.k8s.io", "-n", &other_ns],
@@ -1144,6 +1206,16 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
     let eip_web: ElasticIp = moto.allocate_address().await?;
     let eip_api: ElasticIp = moto.allocate_address().await?;
     let eip_legacy: ElasticIp = moto.allocate_address().await?;
+
+    // The chart's lease guard is in force before the controller starts, so every Lease write
+    // below (its leader Lease, the holder Leases, their deletion) has passed it.
+    let ctl = service_account_client(cp, &client, &release_ns, &sa).await?;
+    wait_guard_active(
+        &Api::namespaced(ctl, &app_ns),
+        &lease("guard-probe", &[])?,
+        &format!("{fullname}-controller-leases"),
+    )
+    .await?;
 
     // --- the controller, as the Deployment's pod would run it --------------------------
     let token = service_account_token(&client, &release_ns, &sa).await?;
@@ -1484,5 +1556,474 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
     let hook = uninstall_with_hook(cp, &client, &helm, &release, None, async |_| Ok(())).await?;
     assert!(hook.log.contains("feip uninstall: done"), "{}", hook.log);
     assert_release_gone(&client, &release, &[]).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The lease guard (ValidatingAdmissionPolicies of templates/lease-guard.yaml)
+// ---------------------------------------------------------------------------------------
+
+/// A Lease with these labels (and a holder, so that an update has something to change).
+fn lease(name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Lease> {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"holderIdentity": "e2e", "leaseDurationSeconds": 15},
+    }))?)
+}
+
+/// The labels feip's controller puts on the holder Lease of the FloatingElasticIP `feip`.
+fn holder_labels(feip: &str) -> [(&str, &str); 2] {
+    [
+        ("app.kubernetes.io/managed-by", "feip"),
+        ("feip.io/name", feip),
+    ]
+}
+
+async fn create_lease(api: &Api<Lease>, lease: &Lease) -> Result<(), kube::Error> {
+    api.create(&PostParams::default(), lease).await.map(|_| ())
+}
+
+/// Reads the Lease with `api` (the writer's own identity) and replaces it after `change`.
+async fn update_lease(
+    api: &Api<Lease>,
+    name: &str,
+    change: impl FnOnce(&mut Lease),
+) -> Result<(), kube::Error> {
+    let mut lease = api.get(name).await?;
+    change(&mut lease);
+    api.replace(name, &PostParams::default(), &lease)
+        .await
+        .map(|_| ())
+}
+
+fn new_holder(lease: &mut Lease) {
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("forged".into());
+    }
+}
+
+async fn delete_lease(api: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
+    api.delete(name, &Default::default()).await.map(|_| ())
+}
+
+/// Whether `result` is a denial by the ValidatingAdmissionPolicy `policy` (not by RBAC),
+/// with the guard's message naming the refused operation and Lease.
+fn denied_by(result: &Result<(), kube::Error>, policy: &str, refused: &str) -> bool {
+    match result {
+        Err(kube::Error::Api(s)) => {
+            s.code == 403
+                && s.message
+                    .contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
+                && s.message.contains("feip lease guard")
+                && s.message.contains(refused)
+        }
+        _ => false,
+    }
+}
+
+/// Expected outcomes of writes, collected so that one run reports every miss.
+#[derive(Default)]
+struct Verdicts {
+    wrong: Vec<String>,
+}
+
+impl Verdicts {
+    fn allowed(&mut self, what: &str, result: Result<(), kube::Error>) {
+        if let Err(e) = result {
+            self.wrong
+                .push(format!("{what}: should be allowed, got {e}"));
+        }
+    }
+
+    /// `refused` is what the guard's message must name, e.g. "CREATE of Lease ns/name".
+    fn denied(&mut self, what: &str, policy: &str, refused: &str, result: Result<(), kube::Error>) {
+        if !denied_by(&result, policy, refused) {
+            let got = match result {
+                Ok(()) => "it was allowed".to_string(),
+                Err(e) => format!("{e}"),
+            };
+            self.wrong.push(format!(
+                "{what}: should be denied by {policy} naming {refused:?}, got {got}"
+            ));
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.wrong.is_empty(),
+            "lease guard verdicts wrong:\n  {}",
+            self.wrong.join("\n  ")
+        );
+        Ok(())
+    }
+}
+
+/// Policies take effect asynchronously (the apiserver loads them from a watch): waits until
+/// `probe`, a write the policy must refuse, is refused by it. Probes are dry runs, so
+/// nothing is written while the policy is not active yet.
+async fn wait_guard_active(api: &Api<Lease>, probe: &Lease, policy: &str) -> anyhow::Result<()> {
+    let name = probe.metadata.name.clone().unwrap_or_default();
+    wait_for(&format!("{policy} to refuse {name}"), WAIT, || {
+        let (api, name) = (api.clone(), name.clone());
+        async move {
+            let pp = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let result = api.create(&pp, probe).await.map(|_| ());
+            Ok(denied_by(&result, policy, &name).then_some(()))
+        }
+    })
+    .await
+}
+
+/// A client authenticated as the ServiceAccount ns/sa (a TokenRequest token).
+async fn service_account_client(
+    cp: &ControlPlane,
+    admin: &Client,
+    ns: &str,
+    sa: &str,
+) -> anyhow::Result<Client> {
+    let token = service_account_token(admin, ns, sa).await?;
+    let kubeconfig = cp.token_kubeconfig(sa, &token)?;
+    feip::testenv::control_plane::client_from_kubeconfig(&kubeconfig).await
+}
+
+/// A ServiceAccount `sa` in `ns` with every Lease verb in each of `namespaces` (a Role and
+/// RoleBinding per namespace): a tenant that RBAC alone would let write any Lease there.
+async fn lease_writer(
+    cp: &ControlPlane,
+    ns: &str,
+    sa: &str,
+    namespaces: &[&str],
+) -> anyhow::Result<()> {
+    let mut docs = vec![format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n"
+    )];
+    for target in namespaces {
+        docs.push(format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {sa}-leases, namespace: {target}}}\n\
+             rules: [{{apiGroups: [coordination.k8s.io], resources: [leases], verbs: ['*']}}]\n"
+        ));
+        docs.push(format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}-leases, namespace: {target}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}-leases}}\n\
+             subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n"
+        ));
+    }
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), docs.join("---\n"))?;
+    cp.kubectl(&["apply", "-f", &file.path().display().to_string()])
+        .await?;
+    Ok(())
+}
+
+/// Issue 13 item 3: with the cluster-wide install (RBAC grants Lease writes everywhere) the
+/// chart's admission policies keep the controller's ServiceAccount to feip's own Leases, and
+/// keep everybody else (a tenant with full Lease rights in its namespace) off them.
+///
+/// A private control plane: the policies are cluster-scoped and this release covers every
+/// namespace, so on the shared one they would refuse the other tests' controllers.
+#[tokio::test]
+async fn lease_guard_refuses_what_rbac_alone_would_allow() -> anyhow::Result<()> {
+    feip::install_crypto_provider();
+    let started = Instant::now();
+    let cp = ControlPlane::start().await?;
+    let cp = &cp;
+    let admin = cp.client().await?;
+    let helm = Helm::new(cp)?;
+    let release = Release::in_new_namespace(cp, "feip-guard").await?;
+    let (release_ns, fullname) = (release.namespace.clone(), release.fullname.clone());
+    let sa = fullname.clone();
+    helm.run(&[
+        "install",
+        &release.name,
+        CHART,
+        "-n",
+        &release_ns,
+        "--set",
+        "image.repository=e2e.invalid/feip,image.tag=never",
+    ])
+    .await?;
+    let controller_policy = format!("{fullname}-controller-leases");
+    let tenant_policy = format!("{fullname}-leases");
+
+    let team = cp.namespace("team-a").await?;
+    lease_writer(
+        cp,
+        &team,
+        "tenant",
+        &[&team, &release_ns, "kube-node-lease"],
+    )
+    .await?;
+    let ctl = service_account_client(cp, &admin, &release_ns, &sa).await?;
+    let tenant = service_account_client(cp, &admin, &team, "tenant").await?;
+    let ctl_in = |ns: &str| -> Api<Lease> { Api::namespaced(ctl.clone(), ns) };
+    let tenant_in = |ns: &str| -> Api<Lease> { Api::namespaced(tenant.clone(), ns) };
+
+    // RBAC alone lets both write these Leases.
+    for ns in ["kube-node-lease", "kube-system", team.as_str()] {
+        for verb in ["create", "update", "delete"] {
+            anyhow::ensure!(
+                can_i(
+                    cp,
+                    &release_ns,
+                    &sa,
+                    &[verb, "leases.coordination.k8s.io", "-n", ns]
+                )
+                .await?,
+                "RBAC should allow the cluster-wide controller to {verb} Leases in {ns}"
+            );
+        }
+    }
+    for ns in [team.as_str(), release_ns.as_str()] {
+        anyhow::ensure!(
+            can_i(
+                cp,
+                &team,
+                "tenant",
+                &["update", "leases.coordination.k8s.io", "-n", ns]
+            )
+            .await?,
+            "RBAC should allow the tenant to update Leases in {ns}"
+        );
+    }
+
+    wait_guard_active(
+        &ctl_in(&team),
+        &lease("guard-probe", &[])?,
+        &controller_policy,
+    )
+    .await?;
+    wait_guard_active(
+        &tenant_in(&team),
+        &lease("feip-guard-probe", &[])?,
+        &tenant_policy,
+    )
+    .await?;
+
+    // Stand-ins for a kubelet heartbeat and a kube-system leader Lease (written by the admin:
+    // system:masters is exempt, as are the real kubelet and controller-manager identities).
+    let admin_in = |ns: &str| -> Api<Lease> { Api::namespaced(admin.clone(), ns) };
+    create_lease(&admin_in("kube-node-lease"), &lease("node-1", &[])?).await?;
+    create_lease(&admin_in("kube-system"), &lease("kube-scheduler", &[])?).await?;
+
+    let mut v = Verdicts::default();
+    let p = controller_policy.as_str();
+    // --- the controller's ServiceAccount: no Lease but its own ----------------------------
+    let knl = ctl_in("kube-node-lease");
+    v.denied(
+        "controller creates a kubelet heartbeat Lease",
+        p,
+        "refused CREATE of Lease kube-node-lease/node-2",
+        create_lease(&knl, &lease("node-2", &[])?).await,
+    );
+    v.denied(
+        "controller creates a feip-labelled Lease in kube-node-lease",
+        p,
+        "refused CREATE of Lease kube-node-lease/feip-web",
+        create_lease(&knl, &lease("feip-web", &holder_labels("web"))?).await,
+    );
+    v.denied(
+        "controller updates a kubelet heartbeat Lease",
+        p,
+        "refused UPDATE of Lease kube-node-lease/node-1",
+        update_lease(&knl, "node-1", new_holder).await,
+    );
+    v.denied(
+        "controller deletes a kubelet heartbeat Lease",
+        p,
+        "refused DELETE of Lease kube-node-lease/node-1",
+        delete_lease(&knl, "node-1").await,
+    );
+    let ks = ctl_in("kube-system");
+    v.denied(
+        "controller creates a kube-system Lease",
+        p,
+        "refused CREATE of Lease kube-system/kube-controller-manager",
+        create_lease(&ks, &lease("kube-controller-manager", &[])?).await,
+    );
+    v.denied(
+        "controller updates a kube-system leader Lease",
+        p,
+        "refused UPDATE of Lease kube-system/kube-scheduler",
+        update_lease(&ks, "kube-scheduler", new_holder).await,
+    );
+    v.denied(
+        "controller deletes a kube-system leader Lease",
+        p,
+        "refused DELETE of Lease kube-system/kube-scheduler",
+        delete_lease(&ks, "kube-scheduler").await,
+    );
+    let ctl_team = ctl_in(&team);
+    v.denied(
+        "controller creates an unlabelled Lease in a tenant namespace",
+        p,
+        &format!("refused CREATE of Lease {team}/feip-web"),
+        create_lease(&ctl_team, &lease("feip-web", &[])?).await,
+    );
+    v.denied(
+        "controller creates a holder Lease whose name does not match its feip.io/name",
+        p,
+        &format!("refused CREATE of Lease {team}/feip-api"),
+        create_lease(&ctl_team, &lease("feip-api", &holder_labels("web"))?).await,
+    );
+    let ctl_release = ctl_in(&release_ns);
+    v.denied(
+        "controller creates a Lease other than its leader Lease in the release namespace",
+        p,
+        &format!("refused CREATE of Lease {release_ns}/not-the-leader"),
+        create_lease(&ctl_release, &lease("not-the-leader", &[])?).await,
+    );
+    // Its own Leases: a holder Lease in a tenant namespace, the leader Lease.
+    for name in ["web", "db"] {
+        v.allowed(
+            &format!("controller creates the holder Lease feip-{name}"),
+            create_lease(
+                &ctl_team,
+                &lease(&format!("feip-{name}"), &holder_labels(name))?,
+            )
+            .await,
+        );
+    }
+    v.allowed(
+        "controller updates its holder Lease",
+        update_lease(&ctl_team, "feip-web", new_holder).await,
+    );
+    v.denied(
+        "controller strips the labels of its holder Lease",
+        p,
+        &format!("refused UPDATE of Lease {team}/feip-web"),
+        update_lease(&ctl_team, "feip-web", |l| l.metadata.labels = None).await,
+    );
+    v.allowed(
+        "controller creates its leader Lease",
+        create_lease(&ctl_release, &lease(&fullname, &[])?).await,
+    );
+    v.allowed(
+        "controller updates its leader Lease",
+        update_lease(&ctl_release, &fullname, new_holder).await,
+    );
+
+    // --- a tenant with every Lease verb in its namespace: not on feip's Leases -----------
+    let p = tenant_policy.as_str();
+    let t = tenant_in(&team);
+    let who = format!("by system:serviceaccount:{team}:tenant");
+    v.denied(
+        "tenant updates a holder Lease",
+        p,
+        &format!("refused UPDATE of Lease {team}/feip-web {who}"),
+        update_lease(&t, "feip-web", new_holder).await,
+    );
+    v.denied(
+        "tenant strips the labels of a holder Lease",
+        p,
+        &format!("refused UPDATE of Lease {team}/feip-web"),
+        update_lease(&t, "feip-web", |l| l.metadata.labels = None).await,
+    );
+    v.denied(
+        "tenant deletes a holder Lease",
+        p,
+        &format!("refused DELETE of Lease {team}/feip-web"),
+        delete_lease(&t, "feip-web").await,
+    );
+    v.denied(
+        "tenant forges a holder Lease",
+        p,
+        &format!("refused CREATE of Lease {team}/feip-api"),
+        create_lease(&t, &lease("feip-api", &holder_labels("api"))?).await,
+    );
+    v.denied(
+        "tenant creates a Lease labelled managed-by=feip",
+        p,
+        &format!("refused CREATE of Lease {team}/forged"),
+        create_lease(
+            &t,
+            &lease("forged", &[("app.kubernetes.io/managed-by", "feip")])?,
+        )
+        .await,
+    );
+    v.denied(
+        "tenant pre-creates an unlabelled holder Lease name",
+        p,
+        &format!("refused CREATE of Lease {team}/feip-cache"),
+        create_lease(&t, &lease("feip-cache", &[])?).await,
+    );
+    // Control case: its own ordinary Leases stay writable, unless it dresses one up as feip's.
+    v.allowed(
+        "tenant creates its own Lease",
+        create_lease(&t, &lease("mine", &[])?).await,
+    );
+    v.allowed(
+        "tenant updates its own Lease",
+        update_lease(&t, "mine", new_holder).await,
+    );
+    v.denied(
+        "tenant labels its own Lease managed-by=feip",
+        p,
+        &format!("refused UPDATE of Lease {team}/mine"),
+        update_lease(&t, "mine", |l| {
+            l.metadata
+                .labels
+                .get_or_insert_default()
+                .insert("app.kubernetes.io/managed-by".into(), "feip".into());
+        })
+        .await,
+    );
+    v.allowed(
+        "tenant deletes its own Lease",
+        delete_lease(&t, "mine").await,
+    );
+    let t_release = tenant_in(&release_ns);
+    v.denied(
+        "a Lease writer in the release namespace updates the leader Lease",
+        p,
+        &format!("refused UPDATE of Lease {release_ns}/{fullname}"),
+        update_lease(&t_release, &fullname, new_holder).await,
+    );
+    v.denied(
+        "a Lease writer in the release namespace deletes the leader Lease",
+        p,
+        &format!("refused DELETE of Lease {release_ns}/{fullname}"),
+        delete_lease(&t_release, &fullname).await,
+    );
+    v.allowed(
+        "a Lease writer in the release namespace creates another Lease",
+        create_lease(&t_release, &lease("unrelated", &[])?).await,
+    );
+    // kube-node-lease is not covered: a kubelet of a node named feip-* renews its heartbeat.
+    v.allowed(
+        "a Lease writer in kube-node-lease creates the heartbeat of a node named feip-node",
+        create_lease(&tenant_in("kube-node-lease"), &lease("feip-node", &[])?).await,
+    );
+    v.finish()?;
+
+    // --- the exempt garbage collector and the controller clean up ------------------------
+    let gc = kubectl_output(
+        cp,
+        &[
+            "delete",
+            "lease",
+            "feip-web",
+            "-n",
+            &team,
+            "--as=system:serviceaccount:kube-system:generic-garbage-collector",
+            "--as-group=system:serviceaccounts",
+            "--as-group=system:serviceaccounts:kube-system",
+            "--as-group=system:authenticated",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(
+        gc.ok,
+        "the garbage collector could not delete a holder Lease: {}",
+        gc.stderr
+    );
+    delete_lease(&ctl_team, "feip-db").await?;
+    println!(
+        "lease guard test took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -138,3 +138,15 @@ remove it (kubectl patch reads the object first, then sends a JSON patch).
   resources: ["floatingelasticips"]
   verbs: ["get", "list", "patch"]
 {{- end }}
+
+{{/*
+A list of strings as the elements of a CEL list literal ("a", "b"): JSON string literals are
+valid CEL string literals.
+*/}}
+{{- define "feip.celStrings" -}}
+{{- $quoted := list }}
+{{- range . }}
+{{- $quoted = append $quoted (toJson .) }}
+{{- end }}
+{{- join ", " $quoted }}
+{{- end }}
