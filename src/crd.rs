@@ -725,7 +725,7 @@ fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 /// Schema of every duration field: a Go duration string the apiserver's CEL `duration()` can
 /// parse, so the CEL bounds on the field never fail with a parse error.
-fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
         "maxLength": 32,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod grant;
 pub mod health;
 pub mod http;
 pub mod kube_client;

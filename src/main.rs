@@ -4,12 +4,20 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
-use feip::cli::{Command, ControllerArgs, parse_cli, run_verb};
+use feip::cli::{Command, ControllerArgs, CrdName, parse_cli, run_verb};
 
 fn main() -> anyhow::Result<()> {
     feip::install_crypto_provider();
     match parse_cli().command {
-        Command::Crd => print!("{}", feip::crd::crd_yaml()?),
+        Command::Crd { which } => match which {
+            Some(CrdName::Floatingelasticips) => print!("{}", feip::crd::crd_yaml()?),
+            Some(CrdName::Floatingelasticipgrants) => print!("{}", feip::grant::crd_yaml()?),
+            None => print!(
+                "{}---\n{}",
+                feip::crd::crd_yaml()?,
+                feip::grant::crd_yaml()?
+            ),
+        },
         Command::Controller(args) => {
             feip::telemetry::init_logging(args.log_format);
             tokio::runtime::Builder::new_multi_thread()

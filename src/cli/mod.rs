@@ -52,10 +52,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// One of feip's CustomResourceDefinitions.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CrdName {
+    Floatingelasticips,
+    Floatingelasticipgrants,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
-    /// Print the FloatingElasticIP CustomResourceDefinition as YAML.
-    Crd,
+    /// Print feip's CustomResourceDefinitions as YAML (both, as one stream, unless one is
+    /// named).
+    Crd {
+        /// `floatingelasticips` or `floatingelasticipgrants`.
+        #[arg(value_enum)]
+        which: Option<CrdName>,
+    },
     /// Run the controller.
     Controller(Box<ControllerArgs>),
     /// Show FloatingElasticIPs: address, holder, phase, failovers, last failover and bans
@@ -304,7 +316,7 @@ impl Command {
     /// The connection flags of an operator verb; None for `crd` and `controller`.
     fn conn(&self) -> Option<&Conn> {
         match self {
-            Command::Crd | Command::Controller(_) => None,
+            Command::Crd { .. } | Command::Controller(_) => None,
             Command::Status(a) => Some(&a.conn),
             Command::Move(a) => Some(&a.conn),
             Command::Ban(a) => Some(&a.conn),
@@ -327,7 +339,7 @@ pub async fn run_verb(verb: Command) -> anyhow::Result<Report> {
     };
     let s = Session::connect(&conn.options()).await?;
     match verb {
-        Command::Crd | Command::Controller(_) => anyhow::bail!("not an operator verb"),
+        Command::Crd { .. } | Command::Controller(_) => anyhow::bail!("not an operator verb"),
         Command::Status(a) => s.status(a.all_namespaces, a.name.as_deref(), now).await,
         Command::Move(a) => s.move_to(&a.name, &a.to).await,
         Command::Ban(a) => s.ban(&a.name, &a.node, a.lifetime, now).await,

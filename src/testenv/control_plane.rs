@@ -21,6 +21,14 @@ use rcgen::{
 use super::process::{ManagedProcess, free_port, wait_for};
 use super::tools::{Tools, tools};
 use crate::crd::FloatingElasticIP;
+use crate::grant::FloatingElasticIPGrant;
+
+/// The grant every control plane of the test environment starts with: every namespace but
+/// the tenant namespaces may claim every address with every node, takeover and probe (what
+/// feip allowed before grants existed), so tests about something else need no grant.
+pub const TESTENV_GRANT: &str = "testenv-unrestricted";
+/// Marks a namespace made by [`ControlPlane::tenant_namespace`]: [`TESTENV_GRANT`] skips it.
+pub const TENANT_NAMESPACE_LABEL: &str = "testenv.feip.io/tenant";
 
 /// A running etcd + kube-apiserver pair. Dropping it kills both.
 pub struct ControlPlane {
@@ -259,33 +267,58 @@ impl ControlPlane {
         lock(&self.apiserver).check_running()
     }
 
-    /// Applies the generated FloatingElasticIP CRD and waits until it is Established.
+    /// Applies the generated CRDs (FloatingElasticIP, FloatingElasticIPGrant), waits until
+    /// they are Established, and grants every namespace except tenant namespaces (see
+    /// [`ControlPlane::tenant_namespace`]) everything: [`TESTENV_GRANT`].
     pub async fn install_crd(&self) -> anyhow::Result<()> {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client().await?);
-        let crd = FloatingElasticIP::crd();
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(
-            &name,
-            &PatchParams::apply("feip-testenv").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .context("applying the FloatingElasticIP CRD")?;
-        wait_for("the CRD to be Established", Duration::from_secs(30), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(established.then_some(()))
-            }
-        })
-        .await
+        for crd in [FloatingElasticIP::crd(), FloatingElasticIPGrant::crd()] {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            crds.patch(
+                &name,
+                &PatchParams::apply("feip-testenv").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying the CRD {name}"))?;
+            wait_for("the CRD to be Established", Duration::from_secs(30), || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            })
+            .await?;
+        }
+        let grants: Api<FloatingElasticIPGrant> = Api::all(self.client().await?);
+        let grant: FloatingElasticIPGrant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIPGrant",
+            "metadata": {"name": TESTENV_GRANT},
+            "spec": {
+                "namespaces": {"selector": {"matchExpressions": [
+                    {"key": TENANT_NAMESPACE_LABEL, "operator": "DoesNotExist"}]}},
+                "addresses": {"all": true},
+                "nodes": {"all": true},
+                "allowTakeover": true,
+                "probes": {"anyPort": true, "minPeriod": "100ms"},
+            },
+        }))?;
+        grants
+            .patch(
+                TESTENV_GRANT,
+                &PatchParams::apply("feip-testenv").force(),
+                &Patch::Apply(&grant),
+            )
+            .await
+            .context("creating the test environment's grant")?;
+        Ok(())
     }
 
     /// A client with cluster-admin rights (system:masters).
@@ -337,6 +370,32 @@ impl ControlPlane {
         let api: Api<Namespace> = Api::all(self.client().await?);
         let ns: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        api.create(&PostParams::default(), &ns).await?;
+        Ok(name)
+    }
+
+    /// Like [`ControlPlane::namespace`], for a tenant: labelled [`TENANT_NAMESPACE_LABEL`]
+    /// (with `labels` besides), so the test environment's grant does not cover it and only the
+    /// grants a test creates decide what its FloatingElasticIPs may claim.
+    pub async fn tenant_namespace(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let name = format!(
+            "{}-{}-{}",
+            sanitize(prefix),
+            std::process::id() % 10000,
+            NAME_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut all: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.insert(TENANT_NAMESPACE_LABEL.into(), "true".into());
+        let api: Api<Namespace> = Api::all(self.client().await?);
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": all}}))?;
         api.create(&PostParams::default(), &ns).await?;
         Ok(name)
     }
