@@ -408,6 +408,30 @@ async fn can_i(cp: &ControlPlane, ns: &str, sa: &str, query: &[&str]) -> anyhow:
     }
 }
 
+/// `spec` of the FloatingElasticIPGrant `name`, as `kubectl get feipgrant` returns it.
+async fn grant_spec(cp: &ControlPlane, name: &str) -> anyhow::Result<serde_json::Value> {
+    let text = cp
+        .kubectl(&["get", "feipgrant", name, "-o", "json"])
+        .await?;
+    let grant: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(grant["spec"].clone())
+}
+
+/// The values block of the chart README's multi-tenant grants example.
+fn readme_multi_tenant_values() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(repo(&format!("{CHART}/README.md")))?;
+    let (_, after) = readme
+        .split_once("<!-- multi-tenant-values:")
+        .ok_or_else(|| anyhow::anyhow!("the chart README has no multi-tenant-values block"))?;
+    let (_, block) = after
+        .split_once("```yaml\n")
+        .ok_or_else(|| anyhow::anyhow!("no yaml block after the marker"))?;
+    let (block, _) = block
+        .split_once("```")
+        .ok_or_else(|| anyhow::anyhow!("the yaml block does not end"))?;
+    Ok(block.to_string())
+}
+
 /// Asserts every query is allowed (`allowed`) or denied (`!allowed`), reporting all misses.
 async fn assert_can_i(
     cp: &ControlPlane,
@@ -691,6 +715,12 @@ fn chart_crd_is_a_byte_identical_copy_of_the_generated_crd() -> anyhow::Result<(
             .collect::<Result<_, _>>()?)
     };
     let top = names("crds")?;
+    for want in [
+        "floatingelasticips.feip.io.yaml",
+        "floatingelasticipgrants.feip.io.yaml",
+    ] {
+        assert!(top.contains(want), "crds/ lacks {want}: {top:?}");
+    }
     assert_eq!(
         names(&format!("{CHART}/crds"))?,
         top,
@@ -906,6 +936,25 @@ async fn chart_lints_and_renders_its_options() -> anyhow::Result<()> {
     let no_hook = render(&helm, "feip-system", &["uninstall.releaseFinalizers=false"]).await?;
     assert!(!kinds(&no_hook).contains("Job"));
 
+    // Grants: none by default; grants.unrestricted renders the one documented grant.
+    assert!(!kinds(&defaults).contains("FloatingElasticIPGrant"));
+    let unrestricted = render(&helm, "feip-system", &["grants.unrestricted=true"]).await?;
+    let grants: Vec<&serde_json::Value> = unrestricted
+        .iter()
+        .filter(|d| d["kind"] == "FloatingElasticIPGrant")
+        .collect();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["apiVersion"], "feip.io/v1alpha1");
+    assert_eq!(grants[0]["metadata"]["name"], "feip-unrestricted");
+    for bad in [
+        "grants.items[0].name=x",
+        "grants.items[0].name=x,grants.items[0].spec.namespaces.all=true,grants.items[0].spec.addresses.all=true,grants.items[0].spec.nodes.all=true,grants.items[0].spec.takeover=true",
+        "grants.unrestricted=yes",
+    ] {
+        let out = helm.output(&["lint", CHART, "--set", bad]).await?;
+        assert!(!out.ok, "helm lint accepted --set {bad}");
+    }
+
     // The lease guard: on by default, two policies and their bindings; its "everyone else"
     // policy covers the release's namespaces only.
     let guard = |docs: &[serde_json::Value]| -> Vec<serde_json::Value> {
@@ -1001,7 +1050,9 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
     let helm = Helm::new(cp)?;
 
     let release = Release::in_new_namespace(cp, "feip-rel").await?;
-    let app_ns = cp.namespace("e2e-app").await?;
+    // A tenant namespace: the test environment's own grant does not cover it, so only the
+    // chart's grant lets the controller act for its FloatingElasticIPs.
+    let app_ns = cp.tenant_namespace("e2e-app", &[]).await?;
     let other_ns = cp.namespace("e2e-other").await?;
     let (release_ns, fullname) = (release.namespace.clone(), release.fullname.clone());
     let sa = fullname.clone();
@@ -1021,6 +1072,9 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
         "image.repository=e2e.invalid/feip,image.tag=never",
         "--set",
         "uninstall.podTerminationTimeoutSeconds=60",
+        // What feip did before grants existed (the test's addresses and nodes are arbitrary).
+        "--set",
+        "grants.unrestricted=true",
     ])
     .await?;
     let notes = helm
@@ -1028,8 +1082,17 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
         .await?;
     assert!(
         notes.contains("kubectl get floatingelasticips -A")
-            && notes.contains("reference-two-nodes.yaml"),
+            && notes.contains("reference-two-nodes.yaml")
+            && notes.contains(&format!("created the grant \"{fullname}-unrestricted\"")),
         "NOTES: {notes}"
+    );
+    let grant = grant_spec(cp, &format!("{fullname}-unrestricted")).await?;
+    assert_eq!(
+        grant,
+        serde_json::json!({
+            "namespaces": {"all": true}, "addresses": {"all": true}, "nodes": {"all": true},
+            "allowTakeover": true, "probes": {"anyPort": true, "minPeriod": "100ms"},
+        })
     );
 
     // The objects as the apiserver stores them.
@@ -1120,6 +1183,11 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
             ],
             vec!["list", "nodes"],
             vec!["watch", "nodes"],
+            vec!["get", "floatingelasticipgrants.feip.io"],
+            vec!["list", "floatingelasticipgrants.feip.io"],
+            vec!["watch", "floatingelasticipgrants.feip.io"],
+            vec!["list", "namespaces"],
+            vec!["watch", "namespaces"],
             vec!["create", "events.events.k8s.io", "-n", &app_ns],
             vec!["patch", "events.events.k8s.io", "-n", &app_ns],
             vec!["create", "leases.coordination.k8s.io", "-n", &release_ns],
@@ -1150,6 +1218,15 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
             vec!["update", "floatingelasticips.feip.io", "-n", &app_ns],
             vec!["delete", "floatingelasticips.feip.io", "-n", &app_ns],
             vec!["patch", "floatingelasticips.feip.io", "-n", &other_ns],
+            // Grants are the admin's: the controller only reads them.
+            vec!["create", "floatingelasticipgrants.feip.io"],
+            vec!["update", "floatingelasticipgrants.feip.io"],
+            vec!["patch", "floatingelasticipgrants.feip.io"],
+            vec!["delete", "floatingelasticipgrants.feip.io"],
+            vec!["get", "namespaces"],
+            vec!["create", "namespaces"],
+            vec!["patch", "namespaces"],
+            vec!["delete", "namespaces"],
             vec!["create", "leases.coordination.k8s.io", "-n", &other_ns],
             // No Lease write outside the watched namespaces: kubelet heartbeats and the
             // kube-system leader Leases stay out of reach by RBAC alone.
@@ -1484,6 +1561,9 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
     let some_ns = cp.namespace("e2e-any").await?;
     let (release_ns, fullname) = (release.namespace.clone(), release.fullname.clone());
     let sa = fullname.clone();
+    let values = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(values.path(), readme_multi_tenant_values()?)?;
+    let values_path = values.path().display().to_string();
     helm.run(&[
         "install",
         &release.name,
@@ -1494,8 +1574,32 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
         "image.repository=e2e.invalid/feip,image.tag=never",
         "--set",
         "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::111122223333:role/feip",
+        // The README's multi-tenant grants: the apiserver validates them against the CRD.
+        "-f",
+        &values_path,
     ])
     .await?;
+    for (name, tag) in [("team-a", "team-a"), ("team-b", "team-b")] {
+        let spec = grant_spec(cp, name).await?;
+        assert_eq!(
+            spec["addresses"],
+            serde_json::json!({"tags": {"feip.io/tenant": tag}}),
+            "grant {name}"
+        );
+    }
+    assert_eq!(
+        grant_spec(cp, "team-a").await?["namespaces"],
+        serde_json::json!({"names": ["team-a"]})
+    );
+    let unrestricted = kubectl_output(
+        cp,
+        &["get", "feipgrant", &format!("{fullname}-unrestricted")],
+    )
+    .await?;
+    assert!(
+        !unrestricted.ok,
+        "grants.unrestricted is off, yet the grant exists"
+    );
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &release_ns);
     let annotations = sas.get(&sa).await?.metadata.annotations.unwrap_or_default();
     assert_eq!(
@@ -1530,6 +1634,8 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
             vec!["create", "leases.coordination.k8s.io", "-n", &some_ns],
             vec!["delete", "leases.coordination.k8s.io", "-n", &some_ns],
             vec!["create", "events.events.k8s.io", "-n", &some_ns],
+            vec!["list", "floatingelasticipgrants.feip.io"],
+            vec!["watch", "namespaces"],
         ],
     )
     .await?;
@@ -1547,6 +1653,8 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
             vec!["create", "floatingelasticips.feip.io", "-n", &some_ns],
             vec!["update", "floatingelasticips.feip.io", "-n", &some_ns],
             vec!["delete", "floatingelasticips.feip.io", "-n", &some_ns],
+            vec!["create", "floatingelasticipgrants.feip.io"],
+            vec!["delete", "floatingelasticipgrants.feip.io"],
             vec!["create", "clusterrolebindings"],
         ],
     )
@@ -1556,6 +1664,10 @@ async fn default_install_is_cluster_wide_and_uninstalls_cleanly() -> anyhow::Res
     let hook = uninstall_with_hook(cp, &client, &helm, &release, None, async |_| Ok(())).await?;
     assert!(hook.log.contains("feip uninstall: done"), "{}", hook.log);
     assert_release_gone(&client, &release, &[]).await?;
+    for name in ["team-a", "team-b"] {
+        let left = kubectl_output(cp, &["get", "feipgrant", name]).await?;
+        assert!(!left.ok, "grant {name} left after uninstall");
+    }
     Ok(())
 }
 
