@@ -1293,6 +1293,33 @@ async fn helm_install_failover_and_uninstall_with_feips_present() -> anyhow::Res
         &format!("{fullname}-controller-leases"),
     )
     .await?;
+    // Its tenant side covers the watched namespace only: another release's namespace (here
+    // other_ns) is not this release's to guard.
+    lease_writer(cp, &app_ns, "tenant", &[&app_ns, &other_ns]).await?;
+    let tenant = service_account_client(cp, &client, &app_ns, "tenant").await?;
+    let (tenant_app, tenant_other): (Api<Lease>, Api<Lease>) = (
+        Api::namespaced(tenant.clone(), &app_ns),
+        Api::namespaced(tenant, &other_ns),
+    );
+    let tenant_policy = format!("{fullname}-leases");
+    wait_guard_active(&tenant_app, &lease("feip-probe", &[])?, &tenant_policy).await?;
+    let squat = lease("feip-web", &holder_labels("web"))?;
+    let mut v = Verdicts::default();
+    v.denied(
+        "tenant forges a holder Lease in the watched namespace",
+        &tenant_policy,
+        &format!("refused CREATE of Lease {app_ns}/feip-web"),
+        create_lease(&tenant_app, &squat).await,
+    );
+    v.allowed(
+        "tenant writes a feip-labelled Lease outside the release's namespaces",
+        create_lease(&tenant_other, &squat).await,
+    );
+    v.allowed(
+        "... and deletes it",
+        delete_lease(&tenant_other, "feip-web").await,
+    );
+    v.finish()?;
 
     // --- the controller, as the Deployment's pod would run it --------------------------
     let token = service_account_token(&client, &release_ns, &sa).await?;
@@ -1848,6 +1875,9 @@ async fn lease_guard_refuses_what_rbac_alone_would_allow() -> anyhow::Result<()>
     let release = Release::in_new_namespace(cp, "feip-guard").await?;
     let (release_ns, fullname) = (release.namespace.clone(), release.fullname.clone());
     let sa = fullname.clone();
+    let team = cp.namespace("team-a").await?;
+    // leaseGuard.exemptUsers: a janitor the admin trusts with feip's Leases.
+    let exempt = format!("leaseGuard.exemptUsers={{system:serviceaccount:{team}:janitor}}");
     helm.run(&[
         "install",
         &release.name,
@@ -1856,12 +1886,14 @@ async fn lease_guard_refuses_what_rbac_alone_would_allow() -> anyhow::Result<()>
         &release_ns,
         "--set",
         "image.repository=e2e.invalid/feip,image.tag=never",
+        "--set",
+        &exempt,
     ])
     .await?;
     let controller_policy = format!("{fullname}-controller-leases");
     let tenant_policy = format!("{fullname}-leases");
 
-    let team = cp.namespace("team-a").await?;
+    lease_writer(cp, &team, "janitor", &[&team]).await?;
     lease_writer(
         cp,
         &team,
@@ -2108,6 +2140,16 @@ async fn lease_guard_refuses_what_rbac_alone_would_allow() -> anyhow::Result<()>
     v.allowed(
         "a Lease writer in kube-node-lease creates the heartbeat of a node named feip-node",
         create_lease(&tenant_in("kube-node-lease"), &lease("feip-node", &[])?).await,
+    );
+    // Exempt: cluster admins (system:masters) and leaseGuard.exemptUsers.
+    v.allowed(
+        "a cluster admin updates a holder Lease",
+        update_lease(&admin_in(&team), "feip-web", new_holder).await,
+    );
+    let janitor = service_account_client(cp, &admin, &team, "janitor").await?;
+    v.allowed(
+        "an exempt user (leaseGuard.exemptUsers) updates a holder Lease",
+        update_lease(&Api::namespaced(janitor, &team), "feip-web", new_holder).await,
     );
     v.finish()?;
 
