@@ -33,7 +33,6 @@ pub const DEFAULT_MIN_PROBE_PERIOD: std::time::Duration = std::time::Duration::f
     kind = "FloatingElasticIPGrant",
     plural = "floatingelasticipgrants",
     shortname = "feipgrant",
-    category = "feip",
     printcolumn(name = "Namespaces", type_ = "string", json_path = ".spec.namespaces"),
     printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
     printcolumn(
