@@ -500,3 +500,120 @@ async fn squatting_never_wins_another_tenants_address() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A grant is checked at admission: each malformed grant is refused with a message naming
+/// the field, and well-formed ones are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grants_are_refused_at_admission_naming_the_field() -> anyhow::Result<()> {
+    let cp = feip::testenv::ControlPlane::shared()?;
+    let client = cp.client().await?;
+    let api: Api<FloatingElasticIPGrant> = Api::all(client);
+    let base = serde_json::json!({
+        "namespaces": {"names": ["team-a"]},
+        "addresses": {"tags": {TENANT_TAG: "team-a"}},
+        "nodes": {"all": true},
+    });
+    let with = |field: &str, value: serde_json::Value| {
+        let mut spec = base.clone();
+        spec[field] = value;
+        spec
+    };
+    let create = |name: String, spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let g: FloatingElasticIPGrant = serde_json::from_value(serde_json::json!({
+                "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIPGrant",
+                "metadata": {"name": name}, "spec": spec,
+            }))?;
+            let r = api.create(&PostParams::default(), &g).await;
+            if r.is_ok() {
+                api.delete(&name, &DeleteParams::default()).await?;
+            }
+            anyhow::Ok(r.err().map(|e| e.to_string()))
+        }
+    };
+    let n = std::process::id();
+    let cases = [
+        (
+            with("namespaces", serde_json::json!({})),
+            "spec.namespaces: set all: true, or names and/or selector",
+        ),
+        (
+            with(
+                "namespaces",
+                serde_json::json!({"all": true, "names": ["x"]}),
+            ),
+            "spec.namespaces: set all: true, or names and/or selector",
+        ),
+        (
+            with("namespaces", serde_json::json!({"names": []})),
+            "spec.namespaces",
+        ),
+        (
+            with(
+                "namespaces",
+                serde_json::json!({"names": ["Not_A_Namespace"]}),
+            ),
+            "spec.namespaces.names[0]",
+        ),
+        (
+            with("addresses", serde_json::json!({})),
+            "spec.addresses: set all: true, or allocationIds, publicIps and/or tags",
+        ),
+        (
+            with(
+                "addresses",
+                serde_json::json!({"all": true, "tags": {"a": "b"}}),
+            ),
+            "spec.addresses",
+        ),
+        (
+            with("addresses", serde_json::json!({"allocationIds": ["eip-1"]})),
+            "spec.addresses.allocationIds[0]",
+        ),
+        (
+            with("addresses", serde_json::json!({"publicIps": ["300.1.1.1"]})),
+            "spec.addresses.publicIps[0]",
+        ),
+        (
+            with("nodes", serde_json::json!({})),
+            "spec.nodes: set all: true, or names and/or selector",
+        ),
+        (
+            with(
+                "probes",
+                serde_json::json!({"anyPort": true, "ports": [8080]}),
+            ),
+            "spec.probes: set anyPort: true or ports, not both",
+        ),
+        (
+            with("probes", serde_json::json!({"ports": [70000]})),
+            "spec.probes.ports[0]",
+        ),
+        (
+            with("probes", serde_json::json!({"minPeriod": "10ms"})),
+            "spec.probes.minPeriod must be between 100ms and 5m",
+        ),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let got = create(format!("bad-{n}-{i}"), spec.clone()).await?;
+        let got = got.ok_or_else(|| anyhow::anyhow!("case {i} accepted: {spec}"))?;
+        assert!(got.contains(want), "case {i}: {want:?} not in {got:?}");
+    }
+    for (i, spec) in [
+        base.clone(),
+        serde_json::json!({"namespaces": {"all": true}, "addresses": {"all": true}, "nodes": {"all": true},
+            "allowTakeover": true, "probes": {"anyPort": true, "minPeriod": "100ms"}}),
+        serde_json::json!({"namespaces": {"selector": {"matchLabels": {"team": "a"}}, "names": ["b"]},
+            "addresses": {"allocationIds": ["eipalloc-0123456789abcdef0"], "publicIps": ["52.16.0.1"]},
+            "nodes": {"names": ["ip-10-0-0-1.ec2.internal"], "selector": {"matchLabels": {"pool": "a"}}},
+            "probes": {"ports": [8080, 9100], "minPeriod": "5m"}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = create(format!("good-{n}-{i}"), spec.clone()).await?;
+        assert!(got.is_none(), "control {i} refused: {got:?}");
+    }
+    Ok(())
+}
