@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 echo "[gen-crd] cargo build --locked --quiet (a cold build takes about 5 minutes on 2 cores)" >&2
 cargo build --locked --quiet
+bin=${CARGO_TARGET_DIR:-target}/debug/feip
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 for plural in floatingelasticips floatingelasticipgrants; do
@@ -18,7 +19,7 @@ for plural in floatingelasticips floatingelasticipgrants; do
   chart_crd=deploy/helm/feip/crds/$plural.feip.io.yaml
   # Into a temporary file outside the repository first, so a failed run leaves the committed
   # CRD untouched (and no stray file in crds/, whose file list tests/e2e.rs compares).
-  target/debug/feip crd "$plural" >"$tmp"
+  "$bin" crd "$plural" >"$tmp"
   [ -s "$tmp" ] || { echo "[gen-crd] feip crd $plural printed nothing" >&2; exit 1; }
   cat "$tmp" >"$crd"
   cp "$crd" "$chart_crd"

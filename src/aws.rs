@@ -269,6 +269,8 @@ pub struct AddressInfo {
     pub network_interface_id: Option<String>,
     pub private_ip: Option<String>,
     pub instance_id: Option<String>,
+    /// The address's EC2 tags (grants may match them: `FloatingElasticIPGrant`).
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl AddressInfo {
@@ -528,6 +530,16 @@ impl Ec2 {
                     .instance_id()
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
+                tags: a
+                    .tags()
+                    .iter()
+                    .filter_map(|t| {
+                        Some((
+                            t.key()?.to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        ))
+                    })
+                    .collect(),
             };
             if wanted_allocations.contains(info.allocation_id.as_str())
                 || wanted_ips.contains(info.public_ip.as_str())

@@ -486,8 +486,8 @@ impl ConditionType {
 }
 
 /// The reasons of `status.conditions`, grouped by the condition that uses them
-/// (docs/semantics.md, "Conditions"). `Ready`'s reason is the phase ([`Phase::as_str`]),
-/// except for an address conflict.
+/// (docs/semantics.md, "Conditions"). `Ready`'s reason is always the phase
+/// ([`Phase::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionReason {
     // Associated
@@ -513,8 +513,11 @@ pub enum ConditionReason {
     /// Degraded: some candidate's interface has no private IP free of other addresses (one
     /// Elastic IP per private IP).
     NoFreePrivateIp,
-    /// Degraded and Ready: another (older) object manages the same address.
+    /// Degraded: another (older) object manages the same address.
     AddressConflict,
+    /// Degraded: no FloatingElasticIPGrant permits the claim; the message names what is
+    /// missing.
+    NotPermitted,
     // Blocked
     NotBlocked,
     DisassociateFailed,
@@ -545,6 +548,7 @@ impl ConditionReason {
         ConditionReason::CandidateUnresolvable,
         ConditionReason::NoFreePrivateIp,
         ConditionReason::AddressConflict,
+        ConditionReason::NotPermitted,
         ConditionReason::NotBlocked,
         ConditionReason::DisassociateFailed,
         ConditionReason::ReleasePending,
@@ -572,6 +576,7 @@ impl ConditionReason {
             ConditionReason::CandidateUnresolvable => "CandidateUnresolvable",
             ConditionReason::NoFreePrivateIp => "NoFreePrivateIp",
             ConditionReason::AddressConflict => "AddressConflict",
+            ConditionReason::NotPermitted => "NotPermitted",
             ConditionReason::NotBlocked => "NotBlocked",
             ConditionReason::DisassociateFailed => "DisassociateFailed",
             ConditionReason::ReleasePending => "ReleasePending",

@@ -26,6 +26,8 @@ pub const DEFAULT_PROBE_PORT: i32 = 10250;
 pub const DEFAULT_MIN_PROBE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Grants the FloatingElasticIPs of some namespaces the right to claim some Elastic IPs.
+// Two printer columns of type string read as a duplicated attribute to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "feip.io",
@@ -33,7 +35,6 @@ pub const DEFAULT_MIN_PROBE_PERIOD: std::time::Duration = std::time::Duration::f
     kind = "FloatingElasticIPGrant",
     plural = "floatingelasticipgrants",
     shortname = "feipgrant",
-    category = "feip",
     printcolumn(name = "Namespaces", type_ = "string", json_path = ".spec.namespaces"),
     printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
     printcolumn(

@@ -113,16 +113,16 @@ impl World {
     /// Waits until `name` of tenant `t` reports `Degraded=NotPermitted` with a message
     /// containing every one of `says`, and checks the rest of what a refused claim shows.
     async fn refused(&self, t: &Tenant, name: &str, says: &[&str]) -> anyhow::Result<()> {
-        let st = wait_status_in(&t.api, name, "NotPermitted", self.s.wait, |st| {
-            degraded_reason(st) == Some("NotPermitted")
+        // The first verdict may be "waiting for its EC2 tags" (the address not read yet).
+        let says_all = |st: &feip::crd::FloatingElasticIPStatus| {
+            let msg = condition(st, "Degraded").map_or("", |c| c.message.as_str());
+            says.iter().all(|w| msg.contains(w))
+        };
+        let what = format!("NotPermitted saying {says:?}");
+        let st = wait_status_in(&t.api, name, &what, self.s.wait, |st| {
+            degraded_reason(st) == Some("NotPermitted") && says_all(st)
         })
         .await?;
-        let msg = condition(&st, "Degraded")
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        for want in says {
-            assert!(msg.contains(want), "{name}: {want:?} not in {msg:?}");
-        }
         assert_eq!(st.phase, Some(Phase::Error), "{name}: {st:?}");
         assert!(st.holder.is_none(), "{name} names a holder: {st:?}");
         assert!(
@@ -249,10 +249,12 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     let w = World::new("tenancy-h1").await?;
     let s = &w.s;
     // Addresses nobody granted: one reserved (unassociated), one on a cluster node of pool a
-    // set up outside feip (Terraform), one on an instance outside the cluster.
+    // set up outside feip (Terraform), one on an instance outside the cluster. (The one on a
+    // node is on node 1, not on node 0's private IP that a's own claim takes: feip does not
+    // see an address it does not manage on a candidate's private IP, docs/security.md gaps.)
     let reserved = s.moto.allocate_address().await?;
     let on_node = s.moto.allocate_address().await?;
-    associate_directly(s, &on_node, s.eni(0)).await?;
+    associate_directly(s, &on_node, s.eni(1)).await?;
     let foreign = s.moto.launch_instance(AZ_A).await?;
     let elsewhere = s.moto.allocate_address().await?;
     associate_directly(s, &elsewhere, &foreign.network_interface_id).await?;
@@ -292,7 +294,7 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     //    it, the pin would move it to b's node.
     let mut adopt = w.spec(
         &on_node,
-        &[0, 2],
+        &[1, 2],
         serde_json::json!({"pin": {"node": s.node(2)}}),
     );
     adopt.as_object_mut().map(|o| o.remove("allocationId"));
@@ -325,7 +327,9 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     .await?;
     // L4. A probe of a port the grant does not allow, on its own node and address.
     let probe = serde_json::json!({"health": {"probe": {"type": "TCP", "port": scanned_port, "period": "100ms", "timeout": "50ms"}}});
-    create_in(&w.b.api, "scan", w.spec(&w.eip_b, &[2], probe)).await?;
+    let b_second = s.moto.allocate_address().await?;
+    tag(s, &b_second, &w.b.tag).await?;
+    create_in(&w.b.api, "scan", w.spec(&b_second, &[2], probe)).await?;
 
     let not_granted = format!("no FloatingElasticIPGrant gives namespace {}", w.b.ns);
     w.refused(&w.b, "reserved", &[&not_granted, &reserved.allocation_id])
@@ -369,7 +373,7 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     }
     for (eip, want) in [
         (&reserved, None),
-        (&on_node, Some(s.eni(0))),
+        (&on_node, Some(s.eni(1))),
         (&elsewhere, Some(foreign.network_interface_id.as_str())),
     ] {
         assert!(
@@ -405,7 +409,7 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     assert_eq!(s.proxy.count("DisassociateAddress"), 0);
     assert_eq!(
         s.moto.association(&on_node.allocation_id).await?.as_deref(),
-        Some(s.eni(0))
+        Some(s.eni(1))
     );
 
     // The admin grants b the port: the claim is permitted on the next look, and probed.
@@ -423,9 +427,13 @@ async fn a_tenant_cannot_claim_what_it_was_not_granted() -> anyhow::Result<()> {
     tokio::time::timeout(s.wait, listener.accept())
         .await
         .map_err(|_| anyhow::anyhow!("a granted probe port was never probed"))??;
-    wait_status_in(&w.b.api, "scan", "scan permitted", s.wait, |st| {
-        degraded_reason(st) != Some("NotPermitted")
-    })
+    wait_status_in(
+        &w.b.api,
+        "scan",
+        "scan permitted and active",
+        s.wait,
+        |st| active_on(st, s.node(2)) && degraded_reason(st).is_none(),
+    )
     .await?;
     Ok(())
 }
@@ -490,5 +498,122 @@ async fn squatting_never_wins_another_tenants_address() -> anyhow::Result<()> {
         targets.iter().all(|eni| eni == s.eni(0) || eni == s.eni(1)),
         "a's address went to b's nodes: {targets:?}"
     );
+    Ok(())
+}
+
+/// A grant is checked at admission: each malformed grant is refused with a message naming
+/// the field, and well-formed ones are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_grants_are_refused_at_admission_naming_the_field() -> anyhow::Result<()> {
+    let cp = feip::testenv::ControlPlane::shared()?;
+    let client = cp.client().await?;
+    let api: Api<FloatingElasticIPGrant> = Api::all(client);
+    let base = serde_json::json!({
+        "namespaces": {"names": ["team-a"]},
+        "addresses": {"tags": {TENANT_TAG: "team-a"}},
+        "nodes": {"all": true},
+    });
+    let with = |field: &str, value: serde_json::Value| {
+        let mut spec = base.clone();
+        spec[field] = value;
+        spec
+    };
+    let create = |name: String, spec: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let g: FloatingElasticIPGrant = serde_json::from_value(serde_json::json!({
+                "apiVersion": "feip.io/v1alpha1", "kind": "FloatingElasticIPGrant",
+                "metadata": {"name": name}, "spec": spec,
+            }))?;
+            let r = api.create(&PostParams::default(), &g).await;
+            if r.is_ok() {
+                api.delete(&name, &DeleteParams::default()).await?;
+            }
+            anyhow::Ok(r.err().map(|e| e.to_string()))
+        }
+    };
+    let n = std::process::id();
+    let cases = [
+        (
+            with("namespaces", serde_json::json!({})),
+            "spec.namespaces: set all: true, or names and/or selector",
+        ),
+        (
+            with(
+                "namespaces",
+                serde_json::json!({"all": true, "names": ["x"]}),
+            ),
+            "spec.namespaces: set all: true, or names and/or selector",
+        ),
+        (
+            with("namespaces", serde_json::json!({"names": []})),
+            "spec.namespaces",
+        ),
+        (
+            with(
+                "namespaces",
+                serde_json::json!({"names": ["Not_A_Namespace"]}),
+            ),
+            "spec.namespaces.names[0]",
+        ),
+        (
+            with("addresses", serde_json::json!({})),
+            "spec.addresses: set all: true, or allocationIds, publicIps and/or tags",
+        ),
+        (
+            with(
+                "addresses",
+                serde_json::json!({"all": true, "tags": {"a": "b"}}),
+            ),
+            "spec.addresses",
+        ),
+        (
+            with("addresses", serde_json::json!({"allocationIds": ["eip-1"]})),
+            "spec.addresses.allocationIds[0]",
+        ),
+        (
+            with("addresses", serde_json::json!({"publicIps": ["300.1.1.1"]})),
+            "spec.addresses.publicIps[0]",
+        ),
+        (
+            with("nodes", serde_json::json!({})),
+            "spec.nodes: set all: true, or names and/or selector",
+        ),
+        (
+            with(
+                "probes",
+                serde_json::json!({"anyPort": true, "ports": [8080]}),
+            ),
+            "spec.probes: set anyPort: true or ports, not both",
+        ),
+        (
+            with("probes", serde_json::json!({"ports": [70000]})),
+            "spec.probes.ports[0]",
+        ),
+        (
+            with("probes", serde_json::json!({"minPeriod": "10ms"})),
+            "spec.probes.minPeriod must be between 100ms and 5m",
+        ),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let got = create(format!("bad-{n}-{i}"), spec.clone()).await?;
+        let got = got.ok_or_else(|| anyhow::anyhow!("case {i} accepted: {spec}"))?;
+        assert!(got.contains(want), "case {i}: {want:?} not in {got:?}");
+    }
+    for (i, spec) in [
+        base.clone(),
+        serde_json::json!({"namespaces": {"all": true}, "addresses": {"all": true}, "nodes": {"all": true},
+            "allowTakeover": true, "probes": {"anyPort": true, "minPeriod": "100ms"}}),
+        serde_json::json!({"namespaces": {"selector": {"matchLabels": {"team": "a"}}, "names": ["b"]},
+            "addresses": {"allocationIds": ["eipalloc-0123456789abcdef0"], "publicIps": ["52.16.0.1"]},
+            "nodes": {"names": ["ip-10-0-0-1.ec2.internal"], "selector": {"matchLabels": {"pool": "a"}}},
+            "probes": {"ports": [8080, 9100], "minPeriod": "5m"}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = create(format!("good-{n}-{i}"), spec.clone()).await?;
+        assert!(got.is_none(), "control {i} refused: {got:?}");
+    }
     Ok(())
 }

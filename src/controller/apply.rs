@@ -14,8 +14,9 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::aws::{AddressInfo, Ec2Error};
-use crate::crd::{FailoverRecord, FloatingElasticIP};
+use crate::crd::{ConditionReason, ConditionType, FailoverRecord, FloatingElasticIP};
 use crate::decide::{self, Decision, FailureKind, FailureRecord, Target};
+use crate::grant::Verdict;
 
 use super::Error;
 use super::context::{CandidateReadings, Context, PendingFailover, Snapshot, key, lock};
@@ -27,7 +28,9 @@ use super::report::{
     wrote_lease,
 };
 use super::spec::{ResolvedSpec, resolve};
-use super::status::{StatusInputs, build_status, conflict_status, counted, is_planned_move};
+use super::status::{
+    StatusInputs, build_status, conflict_status, counted, is_planned_move, not_permitted_status,
+};
 
 /// A reconcile that found mutations not allowed. A follower waits: gaining the leadership
 /// triggers every address. A leader whose renewal is late (inside the safety margin, not yet
@@ -70,9 +73,17 @@ pub(super) async fn apply(f: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Resul
     if snapshot.address == AddressLookup::NotLookedUpYet {
         ctx.monitor_wake.notify_one();
     }
+    // A claim no grant permits writes no holder Lease, calls no EC2 and starts no probe; an
+    // older claim the grants refuse does not own the address (docs/security.md).
+    if let Verdict::NotPermitted { message } = ctx.verdict(&f) {
+        let status = not_permitted_status(&f, message, now);
+        return report_refused(&ctx, &f, status, ConditionReason::NotPermitted, &spec).await;
+    }
     let allocation = address.info.as_ref().map(|a| a.allocation_id.as_str());
-    if let Some(owner) = conflicting_owner(&f, &snapshot, allocation) {
-        return report_conflict(&ctx, &f, &owner, &spec, now).await;
+    let permitted = |o: &FloatingElasticIP| ctx.verdict(o).is_permitted();
+    if let Some(owner) = conflicting_owner(&f, &snapshot, allocation, permitted) {
+        let status = conflict_status(&f, &owner, now);
+        return report_refused(&ctx, &f, status, ConditionReason::AddressConflict, &spec).await;
     }
     let mut readings = ctx.candidate_readings(&f, &spec);
     let lease = snapshot.lease.as_deref();
@@ -255,31 +266,36 @@ fn wait_for_ec2_read(ctx: &Context, f: &FloatingElasticIP, snapshot: &Snapshot) 
     Some(Requeue::requeue(Duration::from_secs(2)))
 }
 
-/// Several objects naming one Elastic IP: only the owner manages it; the others report the
-/// conflict and never write a holder Lease or call EC2 (ownership between tenants).
-async fn report_conflict(
+/// An object that must not touch its address: another object owns it (several naming one
+/// Elastic IP: ownership between tenants) or no grant permits the claim. It reports why
+/// (`Degraded=True, reason`; an event when the reason is new) and never writes a holder Lease
+/// or calls EC2.
+async fn report_refused(
     ctx: &Context,
     f: &FloatingElasticIP,
-    owner: &FloatingElasticIP,
+    new_status: crate::crd::FloatingElasticIPStatus,
+    reason: ConditionReason,
     spec: &ResolvedSpec,
-    now: Timestamp,
 ) -> Result<Requeue, Error> {
-    let new_status = conflict_status(f, owner, now);
-    let first_report = f.status.as_ref().is_none_or(|s| {
-        s.conditions.iter().all(|c| {
-            !(c.type_ == crate::crd::ConditionType::Degraded.as_str()
-                && c.reason == crate::crd::ConditionReason::AddressConflict.as_str())
-        })
-    });
+    let degraded = |c: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+        c.type_ == ConditionType::Degraded.as_str()
+    };
+    let old_message = f
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(degraded))
+        .filter(|c| c.reason == reason.as_str())
+        .map(|c| c.message.clone());
     let message = new_status
         .conditions
         .iter()
-        .find(|c| c.type_ == crate::crd::ConditionType::Degraded.as_str())
+        .find(degraded)
         .map(|c| c.message.clone())
         .unwrap_or_default();
+    let news = old_message.as_ref() != Some(&message);
     patch_status(ctx, f, new_status).await?;
-    if first_report {
-        publish(ctx, f, EventType::Warning, "AddressConflict", message).await;
+    if news {
+        publish(ctx, f, EventType::Warning, reason.as_str(), message).await;
     }
     Ok(Requeue::requeue(spec.monitor_interval))
 }

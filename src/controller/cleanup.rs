@@ -41,15 +41,23 @@ pub(super) async fn cleanup(
     ctx: Arc<Context>,
 ) -> Result<Requeue, Error> {
     let k = key(&f);
-    // An object that lost an address conflict never managed the address: releasing it would
-    // take the owner's address away.
+    // A claim no grant permits, or one that lost an address conflict, never managed the
+    // address: releasing it would take the owner's address away (or a victim's), and its
+    // holder Lease (if a revoked grant left one) is left to the garbage collector.
+    let permitted = ctx.verdict(&f).is_permitted();
     let retain = f.spec.release_policy == Some(ReleasePolicy::Retain)
         || f.spec.management == Some(Management::ObserveOnly)
-        || conflicting_owner(&f, &ctx.snapshot(&f), None).is_some();
+        || !permitted
+        || conflicting_owner(&f, &ctx.snapshot(&f), None, |o| {
+            ctx.verdict(o).is_permitted()
+        })
+        .is_some();
     if !retain {
         release(&ctx, &f).await?;
     }
-    holder_lease::delete(&ctx.client, &ctx.leadership, &f).await?;
+    if permitted {
+        holder_lease::delete(&ctx.client, &ctx.leadership, &f).await?;
+    }
     lock(&ctx.memory).remove(&k);
     lock(&ctx.slots).forget(&k);
     Ok(Requeue::await_change())
@@ -406,6 +414,7 @@ mod tests {
             network_interface_id: Some(eni.into()),
             private_ip: Some(ip.into()),
             instance_id: None,
+            tags: Default::default(),
         }
     }
 

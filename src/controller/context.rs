@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::aws::{AddressInfo, AddressSnapshot, Ec2, InstanceInfo};
 use crate::crd::FloatingElasticIP;
 use crate::decide::{ChangeReason, Target};
+use crate::grant::{AddressFacts, CandidateFacts, Claim, FloatingElasticIPGrant, Verdict};
 use crate::health::{Heartbeats, ProbeSignal, ProbeSpec, Probes, heartbeat};
 use crate::kube_ext::NodeFacts;
 use crate::leader::Leadership;
@@ -159,6 +160,13 @@ pub struct Context {
     pub(super) nodes: Store<Node>,
     pub(super) leases: Store<Lease>,
     pub(super) feips: Store<FloatingElasticIP>,
+    /// The admin's grants and the namespaces (their labels) that decide which claims are
+    /// permitted (crate::grant).
+    pub(super) grants: Store<FloatingElasticIPGrant>,
+    pub(super) namespaces: Store<Namespace>,
+    /// Both caches above have synced: until then no claim is judged (an empty cache would
+    /// refuse every claim for a moment after each start).
+    pub(super) grants_synced: std::sync::atomic::AtomicBool,
     pub(super) heartbeats: Arc<Heartbeats>,
     pub(super) probes: Arc<Probes>,
     pub(super) view: Mutex<Ec2View>,
@@ -246,6 +254,33 @@ impl Context {
                 .leases
                 .get(&ObjectRef::new(&f.lease_name()).within(&ns)),
         }
+    }
+
+    /// The grants' verdict on the claim `f` makes (docs/security.md), from the caches: the
+    /// namespace's labels, the address's allocation id and EC2 tags from the last
+    /// DescribeAddresses, the listed candidates' labels.
+    pub(super) fn verdict(&self, f: &FloatingElasticIP) -> Verdict {
+        let address = {
+            let view = lock(&self.view);
+            address_facts(&view, f)
+        };
+        let ns = f.namespace().unwrap_or_default();
+        let namespace_labels = self
+            .namespaces
+            .get(&ObjectRef::new(&ns))
+            .map(|n| n.labels().clone());
+        let candidates = listed_candidates(f, &self.nodes)
+            .into_iter()
+            .map(|c| CandidateFacts {
+                labels: self
+                    .nodes
+                    .get(&ObjectRef::new(&c.node))
+                    .map(|n| n.labels().clone()),
+                node: c.node,
+            })
+            .collect();
+        let claim = Claim::of(f, address, namespace_labels, candidates);
+        crate::grant::evaluate(&self.grants.state(), &claim)
     }
 
     /// What the caches say about each candidate: its Node, instance, heartbeat and probe. A
@@ -460,4 +495,31 @@ pub(super) struct CandidateReading {
     pub(super) instance_covered: bool,
     pub(super) heartbeat_age: Option<Duration>,
     pub(super) probe: ProbeSignal,
+}
+
+/// What the last DescribeAddresses says about the address `f` names. An address the read
+/// covered and did not find has no tags (no tag grant matches it); one not read yet has
+/// unknown tags.
+fn address_facts(view: &Ec2View, f: &FloatingElasticIP) -> AddressFacts {
+    let found = match (&f.spec.allocation_id, &f.spec.public_ip) {
+        (Some(a), _) => view.addresses.by_allocation.get(a),
+        (None, Some(ip)) => view.addresses.by_public_ip.get(ip),
+        (None, None) => None,
+    };
+    match found {
+        Some(info) => AddressFacts {
+            allocation_id: Some(info.allocation_id.clone()),
+            public_ip: Some(info.public_ip.clone()),
+            tags: Some(info.tags.clone()),
+        },
+        None => {
+            let key = f.spec.allocation_id.as_ref().or(f.spec.public_ip.as_ref());
+            let covered = key.is_some_and(|k| view.covered.contains(k));
+            AddressFacts {
+                allocation_id: f.spec.allocation_id.clone(),
+                public_ip: f.spec.public_ip.clone(),
+                tags: covered.then(Default::default),
+            }
+        }
+    }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 
 use crate::aws::Ec2;
 use crate::crd::{FINALIZER, FloatingElasticIP};
+use crate::grant::FloatingElasticIPGrant;
 use crate::health::{Heartbeats, Probes};
 use crate::leader::Leadership;
 use crate::liveness::Liveness;
@@ -143,6 +144,10 @@ pub async fn run(
     let (leases, lease_stream) =
         cache::<Lease>(&client, watcher::Config::default().labels(&lease_labels));
 
+    let (grants, grant_stream) =
+        cache::<FloatingElasticIPGrant>(&client, watcher::Config::default());
+    let (namespaces, namespace_stream) = cache::<Namespace>(&client, watcher::Config::default());
+
     let controller = Controller::new(feip_api.clone(), watcher::Config::default());
     let feips = controller.store();
     let heartbeats = Arc::new(Heartbeats::default());
@@ -163,6 +168,9 @@ pub async fn run(
         nodes,
         leases,
         feips,
+        grants,
+        namespaces,
+        grants_synced: std::sync::atomic::AtomicBool::new(false),
         heartbeats: heartbeats.clone(),
         probes,
         view: Mutex::new(Ec2View::default()),
@@ -234,6 +242,15 @@ pub async fn run(
         )),
     );
     spawn(
+        "grant watch",
+        Box::pin(watch_authority(
+            ctx.clone(),
+            grant_stream,
+            namespace_stream,
+            trigger_tx.clone(),
+        )),
+    );
+    spawn(
         "leadership watch",
         Box::pin(watch_leadership(ctx.clone(), trigger_tx.clone())),
     );
@@ -287,6 +304,62 @@ pub async fn run(
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// Keeps the grant and namespace caches and re-judges every address when a grant changes or
+/// a namespace's labels do (a grant may select namespaces by label). Marks the caches synced
+/// once both listed, and triggers every address then.
+async fn watch_authority(
+    ctx: Arc<Context>,
+    grants: impl futures::Stream<Item = Result<FloatingElasticIPGrant, watcher::Error>> + Send,
+    namespaces: impl futures::Stream<Item = Result<Namespace, watcher::Error>> + Send,
+    trigger: futures::channel::mpsc::Sender<()>,
+) {
+    enum Seen {
+        Grant,
+        Namespace(String, std::collections::BTreeMap<String, String>),
+        Error(&'static str, watcher::Error),
+    }
+    let grants = grants.map(|r| r.map_or_else(|e| Seen::Error("grant", e), |_| Seen::Grant));
+    let namespaces = namespaces.map(|r| {
+        r.map_or_else(
+            |e| Seen::Error("namespace", e),
+            |n| Seen::Namespace(n.name_any(), n.labels().clone()),
+        )
+    });
+    let mut labels: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
+    let mut both = std::pin::pin!(futures::stream::select(grants, namespaces));
+    let synced = async {
+        let _ = ctx.grants.wait_until_ready().await;
+        let _ = ctx.namespaces.wait_until_ready().await;
+    };
+    tokio::pin!(synced);
+    let mut is_synced = false;
+    loop {
+        let seen = tokio::select! {
+            () = &mut synced, if !is_synced => {
+                is_synced = true;
+                ctx.grants_synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::debug!("grants and namespaces synced");
+                let _ = trigger.clone().try_send(());
+                continue;
+            }
+            seen = both.next() => seen,
+        };
+        let changed = match seen {
+            None => return,
+            Some(Seen::Grant) => true,
+            Some(Seen::Namespace(name, l)) => labels.insert(name, l.clone()).as_ref() != Some(&l),
+            Some(Seen::Error(what, e)) => {
+                tracing::warn!(error = %e, "{what} watch failed; retrying");
+                false
+            }
+        };
+        if changed && is_synced {
+            // A full channel already holds a pending "reconcile all".
+            let _ = trigger.clone().try_send(());
+        }
+    }
 }
 
 /// A cluster-wide cache of `K` and the stream that keeps it (touched objects, with backoff).
@@ -373,6 +446,10 @@ async fn report_ready(ctx: Arc<Context>, ready: tokio::sync::watch::Sender<bool>
     tracing::debug!("node cache synced");
     let _ = ctx.leases.wait_until_ready().await;
     tracing::debug!("holder lease cache synced");
+    while !ctx.grants_synced.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::debug!("grant and namespace caches synced");
     // The controller's own runner also waits on this store; a second long-lived waiter is not
     // reliably woken, so check readiness by polling instead.
     while tokio::time::timeout(Duration::ZERO, ctx.feips.wait_until_ready())
@@ -405,6 +482,10 @@ async fn reconcile(obj: Arc<FloatingElasticIP>, ctx: Arc<Context>) -> Result<Req
             .iter()
             .any(|n| Some(n.as_str()) == obj.metadata.namespace.as_deref())
     {
+        return Ok(Requeue::await_change());
+    }
+    // No claim is judged before the grants are known (the sync triggers every address).
+    if !ctx.grants_synced.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(Requeue::await_change());
     }
     // Only the leader decides and writes; followers wait for leadership (a trigger arrives).

@@ -856,12 +856,14 @@ pub(super) fn address_identity(
 }
 
 /// When several objects name the same address, the oldest (creation time, then namespace,
-/// then name) owns it. Returns the owner when it is not `me`; None when `me` owns the
+/// then name) of those the grants permit owns it: a claim no grant permits never owns an
+/// address, however old (a squat). Returns the owner when it is not `me`; None when `me` owns the
 /// address or nobody else names it.
 pub(super) fn address_owner<'a>(
     me: &FloatingElasticIP,
     all: &'a [Arc<FloatingElasticIP>],
     identity: impl Fn(&FloatingElasticIP) -> Option<String>,
+    permitted: impl Fn(&FloatingElasticIP) -> bool,
 ) -> Option<&'a Arc<FloatingElasticIP>> {
     let mine = identity(me)?;
     let rank = |f: &FloatingElasticIP| {
@@ -880,6 +882,7 @@ pub(super) fn address_owner<'a>(
             (&o.metadata.namespace, &o.metadata.name) != (&me.metadata.namespace, &me.metadata.name)
         })
         .filter(|o| identity(o).as_deref() == Some(mine.as_str()))
+        .filter(|o| permitted(o))
         .min_by_key(|o| rank(o))
         .filter(|o| rank(o) < me_rank)
 }
@@ -890,14 +893,18 @@ pub(super) fn conflicting_owner(
     f: &FloatingElasticIP,
     snapshot: &Snapshot,
     observed: Option<&str>,
+    permitted: impl Fn(&FloatingElasticIP) -> bool,
 ) -> Option<Arc<FloatingElasticIP>> {
     let mut ip_to_allocation = snapshot.ip_to_allocation.clone();
     if let (Some(ip), Some(a)) = (&f.spec.public_ip, observed) {
         ip_to_allocation.insert(ip.clone(), a.to_string());
     }
-    address_owner(f, &snapshot.feips, |x| {
-        address_identity(x, &ip_to_allocation)
-    })
+    address_owner(
+        f,
+        &snapshot.feips,
+        |x| address_identity(x, &ip_to_allocation),
+        permitted,
+    )
     .cloned()
 }
 
@@ -929,7 +936,7 @@ mod tests {
 
     fn owner_of(me: &FloatingElasticIP, all: &[Arc<FloatingElasticIP>]) -> Option<String> {
         let ips = HashMap::from([("203.0.113.10".to_string(), "eipalloc-1".to_string())]);
-        address_owner(me, all, |f| address_identity(f, &ips))
+        address_owner(me, all, |f| address_identity(f, &ips), |_| true)
             .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
     }
 
@@ -954,6 +961,26 @@ mod tests {
         assert_eq!(owner_of(&newest, &all).as_deref(), Some("a/web"));
         let oldest = feip("c", "early", -50, alloc("eipalloc-1"));
         assert_eq!(owner_of(&oldest, &all), None);
+    }
+
+    #[test]
+    fn a_claim_the_grants_refuse_never_owns_however_old() {
+        let squat = feip("b", "squat", -1000, alloc("eipalloc-1"));
+        let victim = feip("a", "web", 0, alloc("eipalloc-1"));
+        let later = feip("a", "web2", 5, alloc("eipalloc-1"));
+        let all = vec![squat.clone(), victim.clone(), later.clone()];
+        let ips = HashMap::new();
+        let owner = |me: &FloatingElasticIP| {
+            address_owner(
+                me,
+                &all,
+                |f| address_identity(f, &ips),
+                |f| f.metadata.namespace.as_deref() == Some("a"),
+            )
+            .map(|o| o.name_any())
+        };
+        assert_eq!(owner(&victim), None, "the older squat does not count");
+        assert_eq!(owner(&later).as_deref(), Some("web"));
     }
 
     #[test]

@@ -440,6 +440,7 @@ mod tests {
             network_interface_id: ip.map(|_| "eni-a".into()),
             private_ip: ip.map(str::to_string),
             instance_id: None,
+            tags: Default::default(),
         }
     }
 

@@ -128,7 +128,6 @@ pub(super) fn conflict_status(
     owner: &FloatingElasticIP,
     now: Timestamp,
 ) -> FloatingElasticIPStatus {
-    let old = f.status.clone().unwrap_or_default();
     let address = f
         .spec
         .allocation_id
@@ -140,18 +139,47 @@ pub(super) fn conflict_status(
         owner.namespace().unwrap_or_default(),
         owner.name_any()
     );
-    let conflict = ConditionReason::AddressConflict.as_str();
+    let mut status = refused_status(f, ConditionReason::AddressConflict, message, now);
+    status.address = Some(AddressStatus {
+        allocation_id: f.spec.allocation_id.clone(),
+        public_ip: f.spec.public_ip.clone(),
+        ..Default::default()
+    });
+    status
+}
+
+/// Status of a claim no grant permits: `Degraded=True, NotPermitted` naming what is missing,
+/// phase `Error`, and nothing about the address (a refused claim learns nothing about an
+/// address it may not have, not even whether it exists) or any holder.
+pub(super) fn not_permitted_status(
+    f: &FloatingElasticIP,
+    message: String,
+    now: Timestamp,
+) -> FloatingElasticIPStatus {
+    let message = format!("not permitted: {message}");
+    refused_status(f, ConditionReason::NotPermitted, message, now)
+}
+
+/// An object that must not touch its address (`reason`): phase `Error`, `Degraded=True`
+/// with the reason, `Ready=False` with the phase as its reason; the counters kept.
+fn refused_status(
+    f: &FloatingElasticIP,
+    reason: ConditionReason,
+    message: String,
+    now: Timestamp,
+) -> FloatingElasticIPStatus {
+    let old = f.status.clone().unwrap_or_default();
     let mut conditions = Conditions::new(&old.conditions, f.metadata.generation, now);
     conditions
-        .set(ConditionType::Degraded, true, conflict, message.clone())
-        .set(ConditionType::Ready, false, conflict, message);
+        .set(
+            ConditionType::Degraded,
+            true,
+            reason.as_str(),
+            message.clone(),
+        )
+        .set(ConditionType::Ready, false, Phase::Error.as_str(), message);
     FloatingElasticIPStatus {
         phase: Some(Phase::Error),
-        address: Some(AddressStatus {
-            allocation_id: f.spec.allocation_id.clone(),
-            public_ip: f.spec.public_ip.clone(),
-            ..Default::default()
-        }),
         conditions: conditions.into_vec(),
         observed_generation: f.metadata.generation,
         failover_count: old.failover_count,

@@ -155,6 +155,7 @@ pub(super) fn address_on(node: Option<&str>) -> AddressInfo {
         network_interface_id: node.map(|n| format!("eni-{n}")),
         private_ip: node.map(|n| target(n).private_ip),
         instance_id: node.map(|n| format!("i-{n}")),
+        tags: Default::default(),
     }
 }
 

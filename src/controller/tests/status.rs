@@ -12,7 +12,7 @@ use crate::decide::{Eligibility, FailureKind, FailureRecord, Finding, NodeHealth
 use super::super::observe::failures_from_status;
 use super::super::status::{
     CUT_MARKER, MAX_FAILURE_REASON_BYTES, MAX_MESSAGE_BYTES, MAX_NODE_NAME_BYTES, MAX_NODE_RECORDS,
-    bounded, conflict_status,
+    bounded, conflict_status, not_permitted_status,
 };
 use super::fixtures::*;
 
@@ -917,7 +917,8 @@ fn conflict_status_names_the_owner_and_keeps_counters() {
     assert_eq!(st.phase, Some(Phase::Error));
     let msg = "the Elastic IP eipalloc-0123456789abcdef0 is also claimed by FloatingElasticIP prod/first, created first";
     assert_cond(&st, "Degraded", "True", "AddressConflict", &[msg]);
-    assert_cond(&st, "Ready", "False", "AddressConflict", &["prod/first"]);
+    // Ready's reason is the phase, as for every other status (docs/semantics.md).
+    assert_cond(&st, "Ready", "False", "Error", &["prod/first"]);
     assert_eq!(st.conditions.len(), 2, "only Degraded and Ready");
     assert_eq!(
         cond(&st, "Degraded").last_transition_time,
@@ -1184,4 +1185,33 @@ fn status_of_pathological_input_stays_under_512_kib() {
         size > 100 * 1024,
         "status is only {size} bytes: input not pathological"
     );
+}
+
+#[test]
+fn not_permitted_status_says_why_and_shows_nothing_of_the_address() {
+    let me = feip_with(
+        spec(serde_json::json!({})),
+        Some(serde_json::json!({
+            "phase": "Active",
+            "holder": {"node": "a"},
+            "address": {"allocationId": "eipalloc-0123456789abcdef0", "networkInterfaceId": "eni-a"},
+            "failoverCount": 2,
+        })),
+    );
+    let st = not_permitted_status(
+        &me,
+        "grant a: spec.allowTakeover is not allowed".into(),
+        now(),
+    );
+    assert_eq!(st.phase, Some(Phase::Error));
+    assert_cond(
+        &st,
+        "Degraded",
+        "True",
+        "NotPermitted",
+        &["not permitted: grant a: spec.allowTakeover is not allowed"],
+    );
+    assert_cond(&st, "Ready", "False", "Error", &["spec.allowTakeover"]);
+    assert!(st.address.is_none() && st.holder.is_none(), "{st:?}");
+    assert_eq!(st.failover_count, 2, "counters kept");
 }
