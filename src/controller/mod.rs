@@ -36,7 +36,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
@@ -306,8 +306,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the grant and namespace caches and re-judges every address when a grant changes or
-/// a namespace's labels do (a grant may select namespaces by label). Marks the caches synced
+/// Keeps the grant and namespace caches: re-judges every address when a grant changes, and
+/// the addresses of one namespace when its labels do (a grant may select namespaces by
+/// label). Marks the caches synced
 /// once both listed, and triggers every address then.
 async fn watch_authority(
     ctx: Arc<Context>,
@@ -346,18 +347,28 @@ async fn watch_authority(
             }
             seen = both.next() => seen,
         };
-        let changed = match seen {
+        match seen {
             None => return,
-            Some(Seen::Grant) => true,
-            Some(Seen::Namespace(name, l)) => labels.insert(name, l.clone()).as_ref() != Some(&l),
+            // A full channel already holds a pending "reconcile all".
+            Some(Seen::Grant) if is_synced => {
+                let _ = trigger.clone().try_send(());
+            }
+            Some(Seen::Grant) => {}
+            // A namespace's labels concern only its own addresses: namespaces come and go
+            // all the time, and each must not reconcile every address.
+            Some(Seen::Namespace(name, l)) => {
+                let changed = labels.insert(name.clone(), l.clone()).as_ref() != Some(&l);
+                if changed && is_synced {
+                    for f in ctx.feips.state() {
+                        if f.metadata.namespace.as_deref() == Some(name.as_str()) {
+                            let _ = ctx.targeted.unbounded_send(ObjectRef::from_obj(&*f));
+                        }
+                    }
+                }
+            }
             Some(Seen::Error(what, e)) => {
                 tracing::warn!(error = %e, "{what} watch failed; retrying");
-                false
             }
-        };
-        if changed && is_synced {
-            // A full channel already holds a pending "reconcile all".
-            let _ = trigger.clone().try_send(());
         }
     }
 }
