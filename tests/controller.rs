@@ -1097,10 +1097,58 @@ async fn fifty_addresses_over_five_nodes_fail_over_with_constant_describe_calls(
         }
         anyhow::bail!("{e:#}\n{out}\n{}", s.diagnostics().await);
     }
+    // Exactly the dead node's 10 addresses were remapped, each to its next candidate (node
+    // 1). One address may see a second AssociateAddress to that same target only after one
+    // whose outcome its sender could not know (no answer, an error, or an answer later than
+    // the EC2 timeout: under load the read-back can still show the old association within
+    // the emulated consistency lag), never after one answered in time, never elsewhere.
+    let ec2_timeout = feip::testenv::ControllerOptions::new("check", "check").ec2_timeout;
+    let mut per_address: std::collections::BTreeMap<String, Vec<feip::testenv::RequestRecord>> =
+        Default::default();
+    for r in s.proxy.requests() {
+        if r.action == "AssociateAddress" {
+            let alloc = r.params.get("AllocationId").cloned().unwrap_or_default();
+            per_address.entry(alloc).or_default().push(r);
+        }
+    }
+    let dead: Vec<String> = eips
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 == 0)
+        .map(|(_, e)| e.allocation_id.clone())
+        .collect();
+    let mut remapped: Vec<String> = per_address.keys().cloned().collect();
+    remapped.sort();
+    let mut want = dead.clone();
+    want.sort();
     assert_eq!(
-        s.proxy.count("AssociateAddress"),
-        10,
+        remapped, want,
         "exactly the dead node's addresses were remapped"
+    );
+    for (alloc, sent) in &per_address {
+        for r in sent {
+            assert_eq!(
+                r.params.get("NetworkInterfaceId").map(String::as_str),
+                Some(s.eni(1)),
+                "{alloc} was sent elsewhere than its next candidate"
+            );
+        }
+        for pair in sent.windows(2) {
+            let unknown = match (pair[0].forwarded_at, pair[0].answered_at) {
+                (Some(from), Some(answered)) => {
+                    pair[0].status != 200 || answered.duration_since(from) >= ec2_timeout
+                }
+                _ => true,
+            };
+            assert!(
+                unknown,
+                "{alloc}: a second AssociateAddress after one answered in time: {sent:?}"
+            );
+        }
+    }
+    println!(
+        "failover: {} AssociateAddress for 10 addresses",
+        s.proxy.count("AssociateAddress")
     );
     assert_eq!(
         s.proxy.displacements().len(),
