@@ -501,25 +501,21 @@ pub(super) struct CandidateReading {
 /// covered and did not find has no tags (no tag grant matches it); one not read yet has
 /// unknown tags.
 fn address_facts(view: &Ec2View, f: &FloatingElasticIP) -> AddressFacts {
-    let found = match (&f.spec.allocation_id, &f.spec.public_ip) {
-        (Some(a), _) => view.addresses.by_allocation.get(a),
-        (None, Some(ip)) => view.addresses.by_public_ip.get(ip),
-        (None, None) => None,
+    let spec = AddressFacts {
+        allocation_id: f.spec.allocation_id.clone(),
+        public_ip: f.spec.public_ip.clone(),
+        tags: None,
     };
-    match found {
-        Some(info) => AddressFacts {
-            allocation_id: Some(info.allocation_id.clone()),
-            public_ip: Some(info.public_ip.clone()),
-            tags: Some(info.tags.clone()),
+    match super::observe::find_in_view(view, f) {
+        AddressLookup::Found(info) => AddressFacts {
+            allocation_id: Some(info.allocation_id),
+            public_ip: Some(info.public_ip),
+            tags: Some(info.tags),
         },
-        None => {
-            let key = f.spec.allocation_id.as_ref().or(f.spec.public_ip.as_ref());
-            let covered = key.is_some_and(|k| view.covered.contains(k));
-            AddressFacts {
-                allocation_id: f.spec.allocation_id.clone(),
-                public_ip: f.spec.public_ip.clone(),
-                tags: covered.then(Default::default),
-            }
-        }
+        AddressLookup::Absent => AddressFacts {
+            tags: Some(BTreeMap::new()),
+            ..spec
+        },
+        _ => spec,
     }
 }

@@ -694,6 +694,12 @@ pub(super) fn lookup_address(
             None => return AddressLookup::Unreadable(e.clone()),
         }
     }
+    find_in_view(view, f)
+}
+
+/// The address `f` names as the view's last reads have it, whatever their age: found,
+/// absent (a read covered it and EC2 has none), not looked up yet, or none in the spec.
+pub(super) fn find_in_view(view: &Ec2View, f: &FloatingElasticIP) -> AddressLookup {
     let (k, found) = match (&f.spec.allocation_id, &f.spec.public_ip) {
         (Some(a), _) => (a, view.addresses.by_allocation.get(a)),
         (None, Some(p)) => (p, view.addresses.by_public_ip.get(p)),
