@@ -442,3 +442,45 @@ async fn a_faulted_associate_never_reaches_the_rules_or_moto() -> anyhow::Result
     );
     Ok(())
 }
+
+/// A request that reached EC2 is carried out and answered even when its client gave up
+/// waiting: AWS does not cancel a call because the caller's connection closed. A sender whose
+/// attempt timed out does not know the outcome, and the change happens anyway; the request
+/// log says when EC2 answered it, so tests can tell when it could no longer land.
+#[tokio::test]
+async fn a_request_is_carried_out_after_its_client_gave_up() -> anyhow::Result<()> {
+    let moto = Moto::shared()?;
+    let inst = moto.launch_instance(AZ_A).await?;
+    let eip = moto.allocate_address().await?;
+    let proxy = settled_proxy(moto).await?;
+    proxy.inject(FaultRule::always(
+        "AssociateAddress",
+        Fault::Latency(Duration::from_millis(300)),
+    ));
+    let ec2 = ec2_client(&proxy.url()).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        associate(&ec2, &eip, &inst, &inst.private_ip),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the client gives up before EC2 has it");
+
+    let answered = wait_for(
+        "the abandoned associate answered",
+        Duration::from_secs(10),
+        || async {
+            Ok(proxy
+                .requests()
+                .into_iter()
+                .find(|r| r.action == "AssociateAddress" && r.answered_at.is_some()))
+        },
+    )
+    .await?;
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert!(answered.forwarded_at.is_some(), "{answered:?}");
+    assert_eq!(
+        moto.true_association(&eip.allocation_id).await?,
+        at(&inst, &inst.private_ip)
+    );
+    Ok(())
+}
