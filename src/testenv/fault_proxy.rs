@@ -100,8 +100,9 @@ pub struct RequestRecord {
     pub seq: u64,
     /// When it was passed on to EC2 (it may take effect from then on); `None` if it never was.
     pub forwarded_at: Option<Instant>,
-    /// When its answer was sent back; `None` while pending, or if it never was (hang,
-    /// reset, or the client went away first).
+    /// When its answer left for the client (which may have stopped waiting: EC2 carries out
+    /// and answers a forwarded request either way); `None` while pending, or for a hang or a
+    /// reset.
     pub answered_at: Option<Instant>,
 }
 
@@ -394,36 +395,82 @@ async fn handle(
             Err(std::io::Error::other("unreachable"))
         }
         Some(Fault::Latency(_) | Fault::SlowAnswer(_)) | None => {
-            if let Some(Fault::Latency(d)) = fault {
-                tokio::time::sleep(d).await;
-            }
-            update(&state, seq, |r| r.forwarded_at = Some(Instant::now()));
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let call = Call {
-                method: &parts.method,
-                action: &action,
-                params: &params,
-                headers: &parts.headers,
-                path,
-                body,
-            };
-            let answer = aws_rules::answer(call, lag, denied, &upstream).await?;
-            {
-                let mut s = state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
-                    r.status = answer.reply.status.as_u16();
-                }
-                s.displacements.extend(answer.displacements);
-            }
-            if let Some(Fault::SlowAnswer(d)) = fault {
-                tokio::time::sleep(d).await;
-            }
-            update(&state, seq, |r| r.answered_at = Some(Instant::now()));
-            Ok(answer.reply.into_response())
+            // EC2 carries out a request it received whether or not its caller still waits
+            // (a client that timed out does not cancel the call), so the rest runs in a task
+            // of its own: dropping this handler when the client hangs up does not stop it.
+            let carried_out = tokio::spawn(carry_out(
+                Forwarded {
+                    method: parts.method,
+                    headers: parts.headers,
+                    path: parts
+                        .uri
+                        .path_and_query()
+                        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+                    action,
+                    params,
+                    body,
+                },
+                fault,
+                seq,
+                lag,
+                denied,
+                state,
+                upstream,
+            ));
+            carried_out.await.map_err(std::io::Error::other)?
         }
     }
+}
+
+/// A request the proxy passes on to EC2, owned so that it outlives its client's connection.
+struct Forwarded {
+    method: http::Method,
+    headers: http::HeaderMap,
+    path: String,
+    action: String,
+    params: BTreeMap<String, String>,
+    body: Bytes,
+}
+
+/// Passes one request on to EC2 (after an injected latency), through the AWS rules, and
+/// records when it was forwarded and when its answer left (after an injected hold-back).
+#[allow(clippy::too_many_arguments)]
+async fn carry_out(
+    req: Forwarded,
+    fault: Option<Fault>,
+    seq: u64,
+    lag: Duration,
+    denied: bool,
+    state: Arc<Mutex<State>>,
+    upstream: Upstream,
+) -> Result<ProxyResponse, std::io::Error> {
+    if let Some(Fault::Latency(d)) = fault {
+        tokio::time::sleep(d).await;
+    }
+    update(&state, seq, |r| r.forwarded_at = Some(Instant::now()));
+    let call = Call {
+        method: &req.method,
+        action: &req.action,
+        params: &req.params,
+        headers: &req.headers,
+        path: &req.path,
+        body: req.body.clone(),
+    };
+    let answer = aws_rules::answer(call, lag, denied, &upstream).await?;
+    {
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = s.log.iter_mut().rev().find(|r| r.seq == seq) {
+            r.status = answer.reply.status.as_u16();
+        }
+        s.displacements.extend(answer.displacements);
+    }
+    if let Some(Fault::SlowAnswer(d)) = fault {
+        tokio::time::sleep(d).await;
+    }
+    update(&state, seq, |r| r.answered_at = Some(Instant::now()));
+    Ok(answer.reply.into_response())
 }
 
 /// Changes the log record of request `seq` (if still logged).
