@@ -168,6 +168,10 @@ impl MutationPermit {
     pub fn epoch(&self) -> Option<i32> {
         self.epoch
     }
+
+    /// Ends this permit's request with an unknown outcome (no answer, or one that does not
+    /// say whether it happened).
+    pub fn outcome_unknown(self) {}
 }
 
 /// This replica's view of its own leadership, shared with the code that mutates EC2.
@@ -980,6 +984,37 @@ mod tests {
         l.step_down();
         assert!(l.permit().is_none(), "no permit after stepping down");
         assert_eq!(l.epoch(), None, "no term after stepping down");
+    }
+
+    /// A mutation whose outcome is unknown (it timed out, the connection broke) may still land
+    /// after its sender gave up, up to the safety margin after it was sent: a graceful
+    /// hand-over waits that out, as a successor waiting for the Lease to expire would. An
+    /// answered one holds nothing up.
+    #[tokio::test]
+    async fn a_drain_waits_out_a_mutation_whose_outcome_is_unknown() {
+        let margin = Duration::from_millis(300);
+        let l = Leadership::new();
+        l.lead(Instant::now(), LEASE, margin, Some(1));
+        drop(l.permit().expect("a leader gets a permit"));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), l.drain(Duration::from_secs(60)))
+                .await
+                .is_ok_and(|drained| drained),
+            "an answered mutation is drained at once"
+        );
+
+        let l = Leadership::new();
+        l.lead(Instant::now(), LEASE, margin, Some(1));
+        let before_send = Instant::now();
+        l.permit().expect("a leader gets a permit").outcome_unknown();
+        l.stop_mutating();
+        assert_eq!(l.in_flight(), 0, "its request is no longer being sent");
+        assert!(l.drain(margin).await);
+        assert!(
+            before_send.elapsed() >= margin,
+            "drained {:?} after the send, before the margin {margin:?} was over",
+            before_send.elapsed()
+        );
     }
 
     #[test]
