@@ -431,9 +431,14 @@ impl Ec2 {
             return Err(Ec2Error::NotSent { operation });
         };
         // The permit is held until the answer (or the send timeout): the request is in flight
-        // until then, and a graceful shutdown waits for it before handing leadership over.
+        // until then, and a graceful shutdown waits for it before handing leadership over. An
+        // unknown outcome (timeout, broken connection, throttling or a server error after
+        // retries) may still land later: the shutdown then waits out the safety margin too.
         let result = self.send(operation, build(&self.client, &permit)).await;
-        drop(permit);
+        match &result {
+            Err(Ec2Error::Unknown { .. }) => permit.outcome_unknown(),
+            _ => drop(permit),
+        }
         result
     }
 

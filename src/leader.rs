@@ -134,7 +134,8 @@ impl LeaderConfig {
 pub struct MutationPermit {
     mutate_until: Instant,
     epoch: Option<i32>,
-    _in_flight: InFlight,
+    issued_at: Instant,
+    in_flight: InFlight,
 }
 
 /// One request sent under a permit and not answered yet.
@@ -155,6 +156,9 @@ struct Flight {
     closed: AtomicBool,
     count: AtomicUsize,
     idle: tokio::sync::Notify,
+    /// The latest send instant of a request whose outcome is unknown: it may land until the
+    /// safety margin after it (the bound every leadership window already assumes).
+    unknown_sent: Mutex<Option<Instant>>,
 }
 
 impl MutationPermit {
@@ -169,9 +173,22 @@ impl MutationPermit {
         self.epoch
     }
 
-    /// Ends this permit's request with an unknown outcome (no answer, or one that does not
-    /// say whether it happened).
-    pub fn outcome_unknown(self) {}
+    /// Ends this permit's request with an unknown outcome (no answer in time, a broken
+    /// connection, a server error): the request may still land after its sender stopped
+    /// waiting, so [`Leadership::drain`] keeps counting it until the safety margin after its
+    /// send. Dropping the permit instead says the answer is in.
+    pub fn outcome_unknown(self) {
+        let mut latest = self
+            .in_flight
+            .0
+            .flight
+            .unknown_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if latest.is_none_or(|t| t < self.issued_at) {
+            *latest = Some(self.issued_at);
+        }
+    }
 }
 
 /// This replica's view of its own leadership, shared with the code that mutates EC2.
@@ -325,7 +342,8 @@ impl Leadership {
         Some(MutationPermit {
             mutate_until: until,
             epoch: s.epoch,
-            _in_flight: in_flight,
+            issued_at: now,
+            in_flight,
         })
     }
 
@@ -349,7 +367,9 @@ impl Leadership {
         self.inner.flight.count.load(Ordering::SeqCst)
     }
 
-    /// Waits until no mutation is in flight, at most `bound`. Returns whether that happened.
+    /// Waits until no mutation is in flight and none whose outcome is unknown can still land,
+    /// at most `bound`, which is the safety margin: how long after its send a request may
+    /// still take effect. Returns whether that happened.
     pub async fn drain(&self, bound: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + bound;
         let flight = &self.inner.flight;
@@ -358,12 +378,28 @@ impl Leadership {
             tokio::pin!(idle);
             idle.as_mut().enable();
             if flight.count.load(Ordering::SeqCst) == 0 {
-                return true;
+                break;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return flight.count.load(Ordering::SeqCst) == 0;
+                return false;
             }
         }
+        // Nothing is being sent any more. An abandoned request can land until `bound` after
+        // its send, which is before the deadline: it was sent before this call.
+        let unknown_sent = *flight
+            .unknown_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(left) =
+            unknown_sent.and_then(|sent| (sent + bound).checked_duration_since(Instant::now()))
+        {
+            tracing::info!(
+                wait_ms = left.as_millis() as u64,
+                "a mutation's outcome is unknown; waiting until it can no longer land"
+            );
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + left)).await;
+        }
+        true
     }
 
     /// Every gain, renewal and loss of leadership so far (tests only).
@@ -903,7 +939,8 @@ pub async fn run(
     }
     // Stop starting mutations, let the ones in flight be answered, and only then hand the
     // Lease over: a successor that started earlier could send its own while ours still land
-    // (rule 6). Each in-flight EC2 call is bounded by twice the EC2 timeout, below the margin.
+    // (rule 6). Each in-flight EC2 call is bounded by twice the EC2 timeout, below the margin;
+    // one whose outcome stayed unknown is waited out until the margin after its send.
     elector.leadership.stop_mutating();
     let drained = elector.leadership.drain(elector.cfg.safety_margin).await;
     elector.step_down("shutting down");
@@ -1006,7 +1043,9 @@ mod tests {
         let l = Leadership::new();
         l.lead(Instant::now(), LEASE, margin, Some(1));
         let before_send = Instant::now();
-        l.permit().expect("a leader gets a permit").outcome_unknown();
+        l.permit()
+            .expect("a leader gets a permit")
+            .outcome_unknown();
         l.stop_mutating();
         assert_eq!(l.in_flight(), 0, "its request is no longer being sent");
         assert!(l.drain(margin).await);

@@ -147,16 +147,29 @@ async fn sigterm_of_the_leader_mid_failover_hands_over_only_after_its_mutations_
 -> anyhow::Result<()> {
     const N: usize = 3;
     let mut s = Scenario::new("split-term", &[AZ_A, AZ_C]).await?;
-    let mut a = s.start_controller("replica-a").await?;
+    // EC2 attempts may take 2 s here (the margin and the lease grow with them), so that the
+    // slow associates below stay well inside one attempt on a loaded machine: with the
+    // default 800 ms, moto answering in over 200 ms made each attempt time out and the SDK
+    // send it again (a second AssociateAddress for one failover, by design of the retry).
+    let patient = |identity: &str| {
+        let mut o = s.options(identity);
+        o.ec2_timeout = Duration::from_secs(2);
+        o.safety_margin = Duration::from_millis(4500);
+        o.lease_duration = Duration::from_secs(8);
+        o.renew_deadline = Duration::from_secs(6);
+        o
+    };
+    let mut a =
+        TestController::start(s.client.clone(), &s.proxy.url(), patient("replica-a")).await?;
     wait_leading(&a, s.wait).await?;
     let allocations = create_addresses(&s, N).await?;
     wait_all_active_on(&s, N, 0).await?;
     let b_ec2 = FaultProxy::start(s.moto.url()).await?;
-    let b = TestController::start(s.client.clone(), &b_ec2.url(), s.options("replica-b")).await?;
+    let b = TestController::start(s.client.clone(), &b_ec2.url(), patient("replica-b")).await?;
     wait_ready(&b, s.wait).await?;
 
     // From here on the proxies log the failover only. a's associates reach EC2 600 ms after
-    // they were sent (inside its 800 ms attempt timeout: a slow EC2, not a lost call).
+    // they were sent (inside its 2 s attempt timeout: a slow EC2, not a lost call).
     s.proxy.clear_log();
     s.proxy.inject(FaultRule::always(
         "AssociateAddress",

@@ -204,11 +204,18 @@ pub(super) async fn delete(
 }
 
 /// The one place a holder Lease is deleted: it takes the permit by value.
-async fn send_delete(api: &Api<Lease>, _permit: MutationPermit, name: &str) -> Result<(), Error> {
+/// A delete whose answer was lost may land later (a replace or create cannot overtake a
+/// successor's write: the resourceVersion or the existing object refuses it), so its outcome
+/// is unknown to the graceful hand-over.
+async fn send_delete(api: &Api<Lease>, permit: MutationPermit, name: &str) -> Result<(), Error> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e @ kube::Error::Api(_)) => Err(e.into()),
+        Err(e) => {
+            permit.outcome_unknown();
+            Err(e.into())
+        }
     }
 }
 
