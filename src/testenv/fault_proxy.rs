@@ -409,11 +409,11 @@ async fn handle(
                     action,
                     params,
                     body,
+                    fault,
+                    seq,
+                    lag,
+                    denied,
                 },
-                fault,
-                seq,
-                lag,
-                denied,
                 state,
                 upstream,
             ));
@@ -422,7 +422,9 @@ async fn handle(
     }
 }
 
-/// A request the proxy passes on to EC2, owned so that it outlives its client's connection.
+/// A request the proxy passes on to EC2, owned so that it outlives its client's connection,
+/// with what the proxy decided for it: the injected fault, its log sequence number, the
+/// consistency lag and whether the action is denied.
 struct Forwarded {
     method: http::Method,
     headers: http::HeaderMap,
@@ -430,22 +432,22 @@ struct Forwarded {
     action: String,
     params: BTreeMap<String, String>,
     body: Bytes,
-}
-
-/// Passes one request on to EC2 (after an injected latency), through the AWS rules, and
-/// records when it was forwarded and when its answer left (after an injected hold-back).
-#[allow(clippy::too_many_arguments)]
-async fn carry_out(
-    req: Forwarded,
     fault: Option<Fault>,
     seq: u64,
     lag: Duration,
     denied: bool,
+}
+
+/// Passes one request on to EC2 (after an injected latency), through the AWS rules, and
+/// records when it was forwarded and when its answer left (after an injected hold-back).
+async fn carry_out(
+    req: Forwarded,
     state: Arc<Mutex<State>>,
     upstream: Upstream,
 ) -> Result<ProxyResponse, std::io::Error> {
+    let (fault, seq) = (&req.fault, req.seq);
     if let Some(Fault::Latency(d)) = fault {
-        tokio::time::sleep(d).await;
+        tokio::time::sleep(*d).await;
     }
     update(&state, seq, |r| r.forwarded_at = Some(Instant::now()));
     let call = Call {
@@ -456,7 +458,7 @@ async fn carry_out(
         path: &req.path,
         body: req.body.clone(),
     };
-    let answer = aws_rules::answer(call, lag, denied, &upstream).await?;
+    let answer = aws_rules::answer(call, req.lag, req.denied, &upstream).await?;
     {
         let mut s = state
             .lock()
@@ -467,7 +469,7 @@ async fn carry_out(
         s.displacements.extend(answer.displacements);
     }
     if let Some(Fault::SlowAnswer(d)) = fault {
-        tokio::time::sleep(d).await;
+        tokio::time::sleep(*d).await;
     }
     update(&state, seq, |r| r.answered_at = Some(Instant::now()));
     Ok(answer.reply.into_response())
